@@ -1,0 +1,1 @@
+"""headset_bridge."""

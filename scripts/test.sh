@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Install the test extras into .venv (and everything else, if missing) and run the whole suite.
+# Real scans are read from SCRUBIN_DATA_DIR (default: ../shared/data when it exists);
+# tests that need them skip with a reason when it is absent.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install.sh test
+if [[ -z "${SCRUBIN_DATA_DIR:-}" && -d ../shared/data ]]; then
+    export SCRUBIN_DATA_DIR="$(cd ../shared/data && pwd)"
+fi
+exec .venv/bin/python -m pytest "$@"
