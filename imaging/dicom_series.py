@@ -1,0 +1,277 @@
+"""DICOM series folders: list the series, pick one, read it and check its slice geometry.
+
+GDCM (through SimpleITK) sorts the slices by position. Before pixels are read the header of
+the first slice sets the memory estimate; after reading, the per-slice positions are checked
+for missing slices, uneven spacing and gantry tilt, which ITK would otherwise average over.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from imaging.deid import pseudonym
+from imaging.errors import InputError
+from imaging.geometry import Geometry
+from imaging.volume import SourceInfo, Volume
+
+log = logging.getLogger(__name__)
+
+# Relative tolerance on slice spacing: GDCM positions are printed with ~1e-3 mm precision.
+SPACING_TOLERANCE = 0.02
+TILT_TOLERANCE_DEG = 0.1
+
+
+_HEADER_TAGS = (
+    (0x0020, 0x000E),  # Series Instance UID
+    (0x0020, 0x000D),  # Study Instance UID
+    (0x0020, 0x0032),  # Image Position (Patient)
+    (0x0020, 0x0037),  # Image Orientation (Patient)
+    (0x0028, 0x0010),  # Rows
+    (0x0028, 0x0011),  # Columns
+    (0x0018, 0x1120),  # Gantry/Detector Tilt
+    (0x0008, 0x0060),  # Modality
+)
+MIN_SLICES_FOR_PARALLEL_READ = 16
+
+
+@dataclass(frozen=True)
+class SliceHeader:
+    file: str
+    position: tuple[float, float, float]
+    orientation: tuple[float, ...]
+    rows: int
+    columns: int
+    tilt_deg: float
+
+
+@dataclass(frozen=True)
+class SeriesEntry:
+    """One DICOM series: its slices sorted along the slice normal."""
+
+    uid: str
+    study_uid: str
+    modality: str
+    slices: tuple[SliceHeader, ...]
+
+    @property
+    def n_files(self) -> int:
+        return len(self.slices)
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        return tuple(s.file for s in self.slices)
+
+
+def list_series(folder: Path) -> list[SeriesEntry]:
+    """Every DICOM series in ``folder`` (not recursive), largest first.
+
+    Headers are read with pydicom (only the tags needed, no pixels): one pass, about twice as
+    fast as GDCM's two directory scans, and it gives the per-slice positions to check before
+    any pixel is read. Files that are not DICOM are ignored, as GDCM does.
+    """
+    _refuse_empty_files(folder)
+    groups: dict[str, list[SliceHeader]] = {}
+    meta: dict[str, tuple[str, str]] = {}
+    for path in sorted(p for p in folder.iterdir() if p.is_file()):
+        header = _read_header(path)
+        if header is None:
+            continue
+        uid, study, modality, slice_header = header
+        groups.setdefault(uid, []).append(slice_header)
+        meta.setdefault(uid, (study, modality))
+    entries = [SeriesEntry(uid, *meta[uid], _sorted_slices(slices)) for uid, slices in groups.items()]
+    return sorted(entries, key=lambda e: (-e.n_files, e.uid))
+
+
+def _read_header(path: Path) -> tuple[str, str, str, SliceHeader] | None:
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=list(_HEADER_TAGS))
+    except (InvalidDicomError, EOFError, OSError, ValueError, TypeError, KeyError, AttributeError):
+        return None
+    if "ImagePositionPatient" not in ds:
+        return None  # not an image slice (DICOMDIR, report, presentation state...)
+    # Some anonymisers blank the UID; such slices form one series, as GDCM groups them.
+    uid = str(ds.get("SeriesInstanceUID", "") or "").strip()
+    position = _numbers(ds.get("ImagePositionPatient"), 3, path, "(0020,0032) Image Position (Patient)")
+    orientation = _numbers(ds.get("ImageOrientationPatient"), 6, path, "(0020,0037) Image Orientation (Patient)")
+    tilt = _tilt(ds.get("GantryDetectorTilt"), path)
+    rows, columns = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    if rows <= 0 or columns <= 0:
+        msg = f"{path}: invalid image size Rows={rows} Columns={columns}"
+        raise InputError(msg)
+    header = SliceHeader(str(path), (position[0], position[1], position[2]), tuple(orientation), rows, columns, tilt)
+    return uid, str(ds.get("StudyInstanceUID", "")).strip(), str(ds.get("Modality", "")).strip(), header
+
+
+def _numbers(value: object, n: int, path: Path, tag: str) -> list[float]:
+    try:
+        numbers = [float(v) for v in value]  # type: ignore[attr-defined]
+    except (TypeError, ValueError):
+        numbers = []
+    if len(numbers) != n or not all(np.isfinite(numbers)):
+        msg = f"{path}: tag {tag} should hold {n} numbers, got {value!r}"
+        raise InputError(msg)
+    return numbers
+
+
+def _tilt(value: object, path: Path) -> float:
+    if value is None or value == "":
+        return 0.0
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        msg = f"{path}: tag (0018,1120) Gantry/Detector Tilt is not a number, got {value!r}"
+        raise InputError(msg) from None
+
+
+def _sorted_slices(slices: list[SliceHeader]) -> tuple[SliceHeader, ...]:
+    orientation = np.asarray(slices[0].orientation)
+    normal = np.cross(orientation[:3], orientation[3:])
+    return tuple(sorted(slices, key=lambda s: float(np.dot(s.position, normal))))
+
+
+def _refuse_empty_files(folder: Path) -> None:
+    # A 0-byte file in an export is a truncated transfer: GDCM would skip it silently.
+    for entry in sorted(folder.iterdir()):
+        if entry.is_file() and entry.stat().st_size == 0:
+            msg = f"{entry}: empty file (0 bytes) in the DICOM folder"
+            raise InputError(msg)
+
+
+def choose_series(folder: Path, entries: list[SeriesEntry], series_uid: str | None) -> SeriesEntry:
+    if not entries:
+        msg = f"{folder}: no DICOM image series found"
+        raise InputError(msg)
+    if series_uid is None:
+        if len(entries) > 1:
+            log.info("%d series in %s; taking the largest (%d files)", len(entries), folder, entries[0].n_files)
+        return entries[0]
+    for entry in entries:
+        if entry.uid == series_uid:
+            return entry
+    known = ", ".join(e.uid for e in entries)
+    msg = f"{folder}: series {series_uid!r} not found (series here: {known})"
+    raise InputError(msg)
+
+
+def check_series(folder: Path, entry: SeriesEntry, memory_budget_bytes: int) -> None:
+    """Everything that can be refused from the headers alone, before pixels are read."""
+    from imaging.load import check_memory_budget
+
+    if entry.n_files < 2:
+        msg = f"{folder}: series {entry.uid} has a single slice; a 3D volume needs at least 2"
+        raise InputError(msg)
+    first = entry.slices[0]
+    check_memory_budget(folder, (first.columns, first.rows, entry.n_files), memory_budget_bytes)
+    for s in entry.slices:
+        if abs(s.tilt_deg) > TILT_TOLERANCE_DEG:
+            msg = f"{s.file}: gantry tilt of {s.tilt_deg:g} degrees (0018,1120); tilted series are not supported"
+            raise InputError(msg)
+        if (s.rows, s.columns) != (first.rows, first.columns):
+            msg = f"{s.file}: slice size {s.columns}x{s.rows} differs from {first.columns}x{first.rows} in the same series"
+            raise InputError(msg)
+        if not np.allclose(s.orientation, first.orientation, atol=1e-4):
+            msg = f"{s.file}: image orientation {s.orientation} differs from the rest of the series {first.orientation}"
+            raise InputError(msg)
+    positions = np.asarray([s.position for s in entry.slices])
+    check_slice_positions(folder, positions, np.asarray(first.orientation))
+
+
+def load_series(folder: Path, *, series_uid: str | None, memory_budget_bytes: int) -> Volume:
+    from imaging.load import volume_from_array
+
+    entry = choose_series(folder, list_series(folder), series_uid)
+    check_series(folder, entry, memory_budget_bytes)
+    voxels, geometry = read_pixels(folder, entry.files)
+    source = SourceInfo(
+        format="dicom",
+        n_files=entry.n_files,
+        series_key=pseudonym(entry.uid, "series") if entry.uid else None,
+        study_key=pseudonym(entry.study_uid, "study") if entry.study_uid else None,
+    )
+    return volume_from_array(voxels, geometry, folder, source)
+
+
+def read_pixels(folder: Path, files: tuple[str, ...]) -> tuple[npt.NDArray[np.generic], Geometry]:
+    """SimpleITK reads the (already checked, sorted) slices; two halves on two threads.
+
+    SimpleITK releases the GIL while GDCM decodes, so halves overlap; spacing along the
+    normal was checked uniform above, so each half's geometry is the whole one's.
+    """
+    import SimpleITK as sitk
+
+    from imaging.load import _itk_reason
+
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # spacing was checked above
+
+    def read(chunk: list[str]) -> sitk.Image:
+        reader = sitk.ImageSeriesReader()
+        reader.SetFileNames(chunk)
+        return reader.Execute()
+
+    try:
+        if len(files) < MIN_SLICES_FOR_PARALLEL_READ:
+            parts = [read(list(files))]
+        else:
+            half = len(files) // 2
+            with ThreadPoolExecutor(max_workers=2) as pool:
+                parts = list(pool.map(read, [list(files[:half]), list(files[half:])]))
+    except RuntimeError as exc:
+        msg = f"{folder}: DICOM pixel data could not be read ({_itk_reason(exc)})"
+        raise InputError(msg) from None
+    if len({(p.GetPixelID(), p.GetSize()[:2]) for p in parts}) != 1:
+        msg = f"{folder}: slices of one series decode to different pixel types or sizes"
+        raise InputError(msg)
+    voxels = np.concatenate([sitk.GetArrayViewFromImage(p) for p in parts], axis=0)
+    first = parts[0]
+    nz, ny, nx = voxels.shape
+    geometry = Geometry(
+        size=(nx, ny, nz),
+        spacing=tuple(float(v) for v in first.GetSpacing()),  # type: ignore[arg-type]
+        origin=tuple(float(v) for v in first.GetOrigin()),  # type: ignore[arg-type]
+        direction=tuple(float(v) for v in first.GetDirection()),
+    )
+    return voxels, geometry
+
+
+def check_slice_positions(
+    where: Path, positions: npt.NDArray[np.float64], orientation: npt.NDArray[np.float64]
+) -> None:
+    """Refuse tilt, duplicate or missing slices and uneven spacing; never average them away."""
+    normal = np.cross(orientation[:3], orientation[3:])
+    normal /= np.linalg.norm(normal)
+    steps = np.diff(positions, axis=0)
+    along = steps @ normal
+    across = np.linalg.norm(steps - np.outer(along, normal), axis=1)
+    tilt = np.degrees(np.arctan2(np.max(across), np.maximum(np.abs(along).max(), 1e-9)))
+    if tilt > TILT_TOLERANCE_DEG:
+        msg = f"{where}: slices are offset across the slice plane by up to {np.max(across):.2f} mm per slice (gantry tilt of about {tilt:.1f} degrees); tilted series are not supported"
+        raise InputError(msg)
+    gaps = np.abs(along)
+    nominal = float(np.median(gaps))
+    if nominal < 1e-3:
+        msg = f"{where}: duplicate slice positions (several slices at the same location)"
+        raise InputError(msg)
+    bad = np.flatnonzero(np.abs(gaps - nominal) > SPACING_TOLERANCE * nominal)
+    if bad.size == 0:
+        return
+    i = int(bad[0])
+    z0, z1 = float(positions[i] @ normal), float(positions[i + 1] @ normal)
+    ratio = gaps[i] / nominal
+    if gaps[i] < SPACING_TOLERANCE * nominal:
+        problem = f"duplicate slice position at {z0:.2f} mm"
+    elif abs(ratio - round(ratio)) < SPACING_TOLERANCE and round(ratio) >= 2:
+        problem = f"{round(ratio) - 1} missing slice(s) between {z0:.2f} mm and {z1:.2f} mm"
+    else:
+        problem = f"uneven slice spacing: {gaps[i]:.3f} mm between {z0:.2f} and {z1:.2f} mm, nominal {nominal:.3f} mm"
+    msg = f"{where}: {problem} ({bad.size} irregular gap(s) in {gaps.size}); refusing to interpolate"
+    raise InputError(msg)

@@ -1,0 +1,128 @@
+"""The one place where patient LPS millimetres become glTF, and the GLB writer.
+
+glTF 2.0 is right-handed, +Y up, +Z forward (the asset's front), metres. The patient model
+is put so that the patient stands up (+Y = superior) and faces the viewer (+Z = anterior):
+
+    x_gltf = x_lps / 1000      (patient left)
+    y_gltf = z_lps / 1000      (superior)
+    z_gltf = -y_lps / 1000     (anterior = -posterior)
+
+``T_GLTF_LPS`` is that map as a 4x4 (a proper rotation times a 1/1000 scale, det > 0, so
+triangle winding and outward normals are kept). Headset clients undo it with ``T_LPS_GLTF``.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from imaging.mesh import Mesh
+
+MM_PER_M = 1000.0
+R_GLTF_LPS = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]])
+T_GLTF_LPS = np.block([[R_GLTF_LPS / MM_PER_M, np.zeros((3, 1))], [np.zeros((1, 3)), np.ones((1, 1))]])
+T_LPS_GLTF = np.linalg.inv(T_GLTF_LPS)
+
+_FLOAT, _UINT32 = 5126, 5125
+_ARRAY_BUFFER, _ELEMENT_ARRAY_BUFFER = 34962, 34963
+
+
+def lps_mm_to_gltf_m(points_mm: npt.ArrayLike) -> npt.NDArray[np.float64]:
+    """(..., 3) LPS millimetres to (..., 3) glTF metres."""
+    p = np.asarray(points_mm, dtype=np.float64)
+    out: npt.NDArray[np.float64] = p @ T_GLTF_LPS[:3, :3].T
+    return out
+
+
+def gltf_m_to_lps_mm(points_m: npt.ArrayLike) -> npt.NDArray[np.float64]:
+    p = np.asarray(points_m, dtype=np.float64)
+    out: npt.NDArray[np.float64] = p @ T_LPS_GLTF[:3, :3].T
+    return out
+
+
+def write_glb(meshes: Sequence[Mesh], path: Path, *, scene_name: str, extras: dict[str, object] | None = None) -> None:
+    """One node per mesh, named after it, with its colour as a PBR material (blended if
+    translucent); positions and normals are converted with ``T_GLTF_LPS``."""
+    blob = bytearray()
+    views: list[dict[str, int]] = []
+    accessors: list[dict[str, object]] = []
+
+    def add(array: npt.NDArray[np.generic], target: int, component: int, kind: str, minmax: bool = False) -> int:
+        while len(blob) % 4:
+            blob.append(0)
+        data = np.ascontiguousarray(array).tobytes()
+        views.append({"buffer": 0, "byteOffset": len(blob), "byteLength": len(data), "target": target})
+        blob.extend(data)
+        accessor: dict[str, object] = {"bufferView": len(views) - 1, "componentType": component, "count": int(array.shape[0]), "type": kind}
+        if minmax:
+            accessor["min"] = [float(v) for v in array.min(axis=0)]
+            accessor["max"] = [float(v) for v in array.max(axis=0)]
+        accessors.append(accessor)
+        return len(accessors) - 1
+
+    gl_meshes, nodes, materials = [], [], []
+    for mesh in meshes:
+        positions = lps_mm_to_gltf_m(mesh.vertices).astype(np.float32)
+        normals = (mesh.vertex_normals().astype(np.float64) @ R_GLTF_LPS.T).astype(np.float32)
+        pos = add(positions, _ARRAY_BUFFER, _FLOAT, "VEC3", minmax=True)
+        nrm = add(normals, _ARRAY_BUFFER, _FLOAT, "VEC3")
+        idx = add(mesh.triangles.astype(np.uint32).ravel(), _ELEMENT_ARRAY_BUFFER, _UINT32, "SCALAR")
+        materials.append(_material(mesh))
+        gl_meshes.append({"name": mesh.name, "primitives": [{"attributes": {"POSITION": pos, "NORMAL": nrm}, "indices": idx, "material": len(materials) - 1}]})
+        nodes.append({"name": mesh.name, "mesh": len(gl_meshes) - 1})
+    while len(blob) % 4:
+        blob.append(0)
+    document = {
+        "asset": {"version": "2.0", "generator": "scrubin", "extras": extras or {}},
+        "scene": 0,
+        "scenes": [{"name": scene_name, "nodes": list(range(len(nodes)))}],
+        "nodes": nodes,
+        "meshes": gl_meshes,
+        "materials": materials,
+        "accessors": accessors,
+        "bufferViews": views,
+        "buffers": [{"byteLength": len(blob)}],
+    }
+    _write_container(path, document, bytes(blob))
+
+
+def _material(mesh: Mesh) -> dict[str, object]:
+    material: dict[str, object] = {
+        "name": mesh.name,
+        "pbrMetallicRoughness": {"baseColorFactor": [float(c) for c in mesh.color], "metallicFactor": 0.0, "roughnessFactor": 0.8},
+        "doubleSided": False,
+    }
+    if mesh.color[3] < 1.0:
+        material["alphaMode"] = "BLEND"
+    return material
+
+
+def _write_container(path: Path, document: dict[str, object], blob: bytes) -> None:
+    text = json.dumps(document, separators=(",", ":")).encode()
+    text += b" " * ((-len(text)) % 4)
+    total = 12 + 8 + len(text) + 8 + len(blob)
+    with path.open("wb") as handle:
+        handle.write(struct.pack("<4sII", b"glTF", 2, total))
+        handle.write(struct.pack("<I4s", len(text), b"JSON"))
+        handle.write(text)
+        handle.write(struct.pack("<I4s", len(blob), b"BIN\x00"))
+        handle.write(blob)
+
+
+def read_glb(path: Path) -> tuple[dict[str, object], bytes]:
+    """The JSON document and binary chunk of a GLB (for checks and tests)."""
+    data = path.read_bytes()
+    magic, version, total = struct.unpack_from("<4sII", data, 0)
+    if magic != b"glTF" or version != 2 or total != len(data):
+        msg = f"{path}: not a glTF 2.0 binary (magic {magic!r}, version {version}, length {total} vs {len(data)})"
+        raise ValueError(msg)
+    json_len, _ = struct.unpack_from("<I4s", data, 12)
+    document = json.loads(data[20 : 20 + json_len])
+    bin_len, _ = struct.unpack_from("<I4s", data, 20 + json_len)
+    start = 28 + json_len
+    return document, data[start : start + bin_len]

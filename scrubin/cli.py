@@ -1,0 +1,62 @@
+"""``scrubin`` command line. Heavy engines are imported inside the commands."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from scrubin.console import configure_logging, one_line_errors
+
+app = typer.Typer(help="scrubin: AR surgical guidance and remote mentoring.", no_args_is_help=True, add_completion=False)
+
+
+@app.callback()
+def main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details to stderr.")] = False,
+) -> None:
+    configure_logging(verbose)
+
+
+@app.command()
+def prepare(
+    input: Annotated[Optional[Path], typer.Argument(help="CT: a DICOM series folder, .nii/.nii.gz, .nrrd/.nhdr or .mha/.mhd.", show_default=False)] = None,  # noqa: UP007
+    out: Annotated[Path, typer.Option("--out", "-o", help="Patient-model folder to write (replaced atomically if it holds a model).")] = Path("patient-model"),
+    phantom: Annotated[bool, typer.Option("--phantom", help="Use the built-in SYNTHETIC head phantom instead of INPUT.")] = False,
+    series: Annotated[Optional[str], typer.Option("--series", help="DICOM Series Instance UID to use (default: the largest series).")] = None,  # noqa: UP007
+    labels: Annotated[Optional[Path], typer.Option("--labels", help="Integer label map (e.g. TotalSegmentator NIfTI): one mesh per label.")] = None,  # noqa: UP007
+    label_names: Annotated[Optional[Path], typer.Option("--label-names", help="Names/colours for --labels: JSON {id: name} or a Slicer colour table.")] = None,  # noqa: UP007
+    segments: Annotated[str, typer.Option("--segments", help="Comma-separated threshold segments to mesh: skin, bone, or none.")] = "skin,bone",
+    budget: Annotated[int, typer.Option("--budget", help="Total triangle budget over all meshes.")] = 200_000,
+    max_memory_gb: Annotated[float, typer.Option("--max-memory-gb", help="Refuse volumes whose processing would need more memory than this (decided from the header).")] = 6.0,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of internal errors.")] = False,
+) -> None:
+    """Turn a CT into a headset-ready patient model: model.glb, meshes/*.ply|stl, manifest.json."""
+    from imaging.errors import ImagingError
+
+    with one_line_errors((ImagingError,), debug):
+        from scrubin.prepare_command import run_prepare
+
+        run_prepare(
+            input=input, out=out, phantom=phantom, series=series, labels=labels, label_names=label_names,
+            segments=segments, budget=budget, max_memory_gb=max_memory_gb,
+        )
+
+
+@app.command()
+def series(
+    folder: Annotated[Path, typer.Argument(help="A folder of DICOM files.")],
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of internal errors.")] = False,
+) -> None:
+    """List the DICOM series in a folder (UID, slices, modality), largest first."""
+    from imaging.errors import ImagingError
+
+    with one_line_errors((ImagingError,), debug):
+        from scrubin.prepare_command import run_series
+
+        run_series(folder)
+
+
+if __name__ == "__main__":
+    app()
