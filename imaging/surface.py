@@ -7,6 +7,7 @@ quadric decimation (about 10x faster than Open3D's on millions of triangles).
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +23,7 @@ TAUBIN_LAMBDA, TAUBIN_MU = 0.5, -0.53
 # fast-simplification's aggressiveness: 9 took 0.55 s where the default 7 took 0.86 s to
 # take the bti_demohead skin from 656k to 200k triangles, for the same surface distance.
 DECIMATION_AGGRESSIVENESS = 9
+_DECIMATION_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -122,6 +124,16 @@ def decimate(
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64]]:
     import fast_simplification
 
+    # fast-simplification wraps a C++ library that keeps its mesh in global variables: two
+    # concurrent calls corrupt each other's output (seen here), so calls are serialised.
+    with _DECIMATION_LOCK:
+        return _decimate_locked(fast_simplification, vertices, triangles, max_triangles)
+
+
+def _decimate_locked(
+    fast_simplification: object, vertices: npt.NDArray[np.float64], triangles: npt.NDArray[np.int64], max_triangles: int
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64]]:
     reduction = 1.0 - max_triangles / triangles.shape[0]
-    v, t = fast_simplification.simplify(vertices.astype(np.float32), triangles.astype(np.int32), target_reduction=reduction, agg=DECIMATION_AGGRESSIVENESS)
+    v, t = fast_simplification.simplify(  # type: ignore[attr-defined]
+        vertices.astype(np.float32), triangles.astype(np.int32), target_reduction=reduction, agg=DECIMATION_AGGRESSIVENESS)
     return np.asarray(v, np.float64), np.asarray(t, np.int64)

@@ -93,6 +93,10 @@ def test_skin_drops_headrest_and_carries_fiducials(phantom_model: Path) -> None:
     manifest = load_manifest(phantom_model)
     skin = next(m for m in manifest["meshes"] if m["name"] == "skin")
     assert skin["bounds_mm"][1][1] < HEADREST_BOX_MM[0][1]  # nothing at or behind the rest
+    # extents of the analytic head: ears at x = +-82, nose tip at y = -104, vertex at z = 117
+    np.testing.assert_allclose([skin["bounds_mm"][0][0], skin["bounds_mm"][1][0]], [-82.0, 82.0], atol=1.5)
+    assert skin["bounds_mm"][0][1] == pytest.approx(-104.0, abs=1.5)
+    assert skin["bounds_mm"][1][2] == pytest.approx(117.0, abs=1.5)
     vertices, triangles = read_ply(phantom_model / "meshes" / "skin.ply")
     fiducials = np.array([f["position_mm"] for f in manifest["landmarks"]["fiducials"]])
     distance = _distances(fiducials, vertices, triangles)
