@@ -47,7 +47,10 @@ def bounding_box(mask: npt.NDArray[np.bool_], pad: int = 0) -> tuple[slice, slic
 
 
 def block_mean(
-    mask: npt.NDArray[np.bool_], geometry: Geometry, factor: tuple[int, int, int], crop: tuple[slice, slice, slice] | None = None
+    mask: npt.NDArray[np.bool_],
+    geometry: Geometry,
+    factor: tuple[int, int, int],
+    crop: tuple[slice, slice, slice] | None = None,
 ) -> Field:
     """Average ``mask`` (full grid [z, y, x]) over blocks of ``factor`` (x, y, z) voxels.
 
@@ -87,7 +90,7 @@ def _strided_block_sum(mask: npt.NDArray[np.bool_], factor_zyx: tuple[int, int, 
                 else:
                     total += part
     assert total is not None
-    return total  # type: ignore[return-value]
+    return total
 
 
 MAX_COARSE_SPACING_MM = 2.0

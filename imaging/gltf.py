@@ -58,7 +58,12 @@ def write_glb(meshes: Sequence[Mesh], path: Path, *, scene_name: str, extras: di
         data = np.ascontiguousarray(array).tobytes()
         views.append({"buffer": 0, "byteOffset": len(blob), "byteLength": len(data), "target": target})
         blob.extend(data)
-        accessor: dict[str, object] = {"bufferView": len(views) - 1, "componentType": component, "count": int(array.shape[0]), "type": kind}
+        accessor: dict[str, object] = {
+            "bufferView": len(views) - 1,
+            "componentType": component,
+            "count": int(array.shape[0]),
+            "type": kind,
+        }
         if minmax:
             accessor["min"] = [float(v) for v in array.min(axis=0)]
             accessor["max"] = [float(v) for v in array.max(axis=0)]
@@ -73,7 +78,14 @@ def write_glb(meshes: Sequence[Mesh], path: Path, *, scene_name: str, extras: di
         nrm = add(normals, _ARRAY_BUFFER, _FLOAT, "VEC3")
         idx = add(mesh.triangles.astype(np.uint32).ravel(), _ELEMENT_ARRAY_BUFFER, _UINT32, "SCALAR")
         materials.append(_material(mesh))
-        gl_meshes.append({"name": mesh.name, "primitives": [{"attributes": {"POSITION": pos, "NORMAL": nrm}, "indices": idx, "material": len(materials) - 1}]})
+        gl_meshes.append(
+            {
+                "name": mesh.name,
+                "primitives": [
+                    {"attributes": {"POSITION": pos, "NORMAL": nrm}, "indices": idx, "material": len(materials) - 1}
+                ],
+            }
+        )
         nodes.append({"name": mesh.name, "mesh": len(gl_meshes) - 1})
     while len(blob) % 4:
         blob.append(0)
@@ -94,7 +106,11 @@ def write_glb(meshes: Sequence[Mesh], path: Path, *, scene_name: str, extras: di
 def _material(mesh: Mesh) -> dict[str, object]:
     material: dict[str, object] = {
         "name": mesh.name,
-        "pbrMetallicRoughness": {"baseColorFactor": [float(c) for c in mesh.color], "metallicFactor": 0.0, "roughnessFactor": 0.8},
+        "pbrMetallicRoughness": {
+            "baseColorFactor": [float(c) for c in mesh.color],
+            "metallicFactor": 0.0,
+            "roughnessFactor": 0.8,
+        },
         "doubleSided": False,
     }
     if mesh.color[3] < 1.0:

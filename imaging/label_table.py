@@ -15,8 +15,14 @@ from imaging.errors import InputError
 from imaging.mesh import RGBA
 
 _PALETTE: tuple[RGBA, ...] = (
-    (0.90, 0.30, 0.25, 1.0), (0.30, 0.65, 0.90, 1.0), (0.95, 0.75, 0.25, 1.0), (0.45, 0.80, 0.40, 1.0),
-    (0.70, 0.45, 0.85, 1.0), (0.95, 0.55, 0.70, 1.0), (0.35, 0.85, 0.80, 1.0), (0.80, 0.60, 0.40, 1.0),
+    (0.90, 0.30, 0.25, 1.0),
+    (0.30, 0.65, 0.90, 1.0),
+    (0.95, 0.75, 0.25, 1.0),
+    (0.45, 0.80, 0.40, 1.0),
+    (0.70, 0.45, 0.85, 1.0),
+    (0.95, 0.55, 0.70, 1.0),
+    (0.35, 0.85, 0.80, 1.0),
+    (0.80, 0.60, 0.40, 1.0),
 )
 SKIN_COLOR: RGBA = (0.96, 0.80, 0.69, 1.0)
 BONE_COLOR: RGBA = (0.95, 0.93, 0.85, 1.0)
@@ -94,7 +100,11 @@ def _label_id(path: Path, key: str, line: int | None = None) -> int:
 def _color(path: Path, key: str, value: object) -> RGBA | None:
     if value is None:
         return None
-    if not isinstance(value, list) or len(value) not in (3, 4) or not all(isinstance(c, int | float) and 0 <= c <= 1 for c in value):
+    if (
+        not isinstance(value, list)
+        or len(value) not in (3, 4)
+        or not all(isinstance(c, int | float) and 0 <= c <= 1 for c in value)
+    ):
         msg = f"{path}: colour of label {key!r} must be 3 or 4 numbers in 0..1, got {value!r}"
         raise InputError(msg)
     c = [float(v) for v in value] + [1.0] * (4 - len(value))

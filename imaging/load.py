@@ -115,7 +115,7 @@ def volume_from_image(image: object, path: Path, source: SourceInfo) -> Volume:
     return volume_from_array(sitk.GetArrayFromImage(image), geometry, path, source)
 
 
-def volume_from_array(voxels: np.ndarray, geometry: Geometry, path: Path, source: SourceInfo) -> Volume:  # type: ignore[type-arg]
+def volume_from_array(voxels: np.ndarray, geometry: Geometry, path: Path, source: SourceInfo) -> Volume:
     check_geometry(path, geometry)
     check_voxels(path, voxels)
     return Volume(voxels=voxels, geometry=geometry, source=source)
@@ -134,7 +134,7 @@ def check_geometry(path: Path, geometry: Geometry) -> None:
         raise InputError(msg)
 
 
-def check_voxels(path: Path, voxels: np.ndarray) -> None:  # type: ignore[type-arg]
+def check_voxels(path: Path, voxels: np.ndarray) -> None:
     if np.issubdtype(voxels.dtype, np.floating):
         n_bad = int(np.count_nonzero(~np.isfinite(voxels)))
         if n_bad:

@@ -97,7 +97,9 @@ def build_manifest(data: ManifestData, folder: Path) -> dict[str, Any]:
             "geometry": data.volume.geometry.to_dict(),
         },
         "timings_s": {k: round(v, 4) for k, v in data.timings_s.items()},
-        "files": {name: {"sha256": sha256_file(folder / name), "bytes": (folder / name).stat().st_size} for name in files},
+        "files": {
+            name: {"sha256": sha256_file(folder / name), "bytes": (folder / name).stat().st_size} for name in files
+        },
     }
 
 

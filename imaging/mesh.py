@@ -43,7 +43,8 @@ class Mesh:
         corners = t.ravel()
         normals = np.stack([np.bincount(corners, np.repeat(face[:, axis], 3), n) for axis in range(3)], axis=1)
         length = np.linalg.norm(normals, axis=1, keepdims=True)
-        return (normals / np.maximum(length, 1e-12)).astype(np.float32)
+        unit: npt.NDArray[np.float32] = (normals / np.maximum(length, 1e-12)).astype(np.float32)
+        return unit
 
     def signed_volume_mm3(self) -> float:
         v = self.vertices.astype(np.float64)

@@ -74,5 +74,7 @@ def read_ply(path: Path) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.uint32
     n_faces = next(int(ln.split()[2]) for ln in lines if ln.startswith("element face"))
     n_props = sum(1 for ln in lines if ln.startswith("property float"))
     vertices = np.frombuffer(data, "<f4", n_vertices * n_props, end).reshape(n_vertices, n_props)[:, :3]
-    faces = np.frombuffer(data, dtype=[("n", "u1"), ("v", "<u4", (3,))], count=n_faces, offset=end + n_vertices * n_props * 4)
+    faces = np.frombuffer(
+        data, dtype=[("n", "u1"), ("v", "<u4", (3,))], count=n_faces, offset=end + n_vertices * n_props * 4
+    )
     return vertices.copy(), faces["v"].astype(np.uint32)

@@ -47,11 +47,11 @@ LESION_CENTRE_MM, LESION_RADIUS_MM = (22.0, 12.0, 28.0), 8.0
 HEADREST_BOX_MM = ((-85.0, 108.0, -100.0), (85.0, 118.0, 110.0))
 # Fiducial directions from the cranium centre (unnormalised), deliberately asymmetric.
 FIDUCIAL_DIRECTIONS = {
-    "F1": (0.35, -0.9, 0.35),   # left forehead
+    "F1": (0.35, -0.9, 0.35),  # left forehead
     "F2": (-0.85, -0.35, 0.25),  # right temple
-    "F3": (0.6, 0.3, 0.75),     # left parietal
-    "F4": (-0.3, 0.2, 0.95),    # near the vertex, right
-    "F5": (0.55, 0.8, -0.05),   # left occiput
+    "F3": (0.6, 0.3, 0.75),  # left parietal
+    "F4": (-0.3, 0.2, 0.95),  # near the vertex, right
+    "F5": (0.55, 0.8, -0.05),  # left occiput
 }
 
 LABELS = {1: "brain", 2: "lesion"}
@@ -69,7 +69,7 @@ class Phantom:
 
 
 def make_phantom() -> Phantom:
-    geometry = Geometry(SIZE_XYZ, (SPACING_MM,) * 3, ORIGIN_MM, (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))  # type: ignore[arg-type]
+    geometry = Geometry(SIZE_XYZ, (SPACING_MM,) * 3, ORIGIN_MM, (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
     grid = _Grid(geometry)
     fiducials = _fiducial_positions()
     cranium_centre, cranium_axes = CRANIUM
@@ -129,10 +129,14 @@ class _Grid:
         z = self.coords[2][zs].reshape(-1, 1, 1)
         return x, y, z
 
-    def box(self, array: npt.NDArray[np.float32], box_mm: tuple[tuple[float, float, float], tuple[float, float, float]]) -> npt.NDArray[np.float32]:
+    def box(
+        self, array: npt.NDArray[np.float32], box_mm: tuple[tuple[float, float, float], tuple[float, float, float]]
+    ) -> npt.NDArray[np.float32]:
         return array[self._slices(*box_mm)]
 
-    def paint_ellipsoid(self, out: npt.NDArray[np.float32], centre: tuple[float, float, float], axes: tuple[float, float, float]) -> None:
+    def paint_ellipsoid(
+        self, out: npt.NDArray[np.float32], centre: tuple[float, float, float], axes: tuple[float, float, float]
+    ) -> None:
         c, a = np.asarray(centre), np.asarray(axes)
         zs, ys, xs = self._slices(c - a - 2, c + a + 2)
         x, y, z = self._local_axes(zs, ys, xs)
@@ -142,7 +146,9 @@ class _Grid:
 
     def paint_neck(self, out: npt.NDArray[np.float32]) -> None:
         (cx, cy), radius, (z0, z1) = NECK
-        zs, ys, xs = self._slices((cx - radius - 2, cy - radius - 2, z0 - 2), (cx + radius + 2, cy + radius + 2, z1 + 2))
+        zs, ys, xs = self._slices(
+            (cx - radius - 2, cy - radius - 2, z0 - 2), (cx + radius + 2, cy + radius + 2, z1 + 2)
+        )
         x, y, z = self._local_axes(zs, ys, xs)
         radial = np.sqrt((x - cx) ** 2 + (y - cy) ** 2) - radius
         signed = np.maximum(radial, np.maximum(z0 - z, z - z1))
@@ -155,7 +161,8 @@ def _shrink(axes: tuple[float, float, float], by: float) -> tuple[float, float, 
 
 def _edge(signed_mm: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     """Partial-volume fraction from a signed distance (mm, negative inside), 1 mm wide ramp."""
-    return np.clip(0.5 - signed_mm / SPACING_MM, 0.0, 1.0).astype(np.float32)
+    fraction: npt.NDArray[np.float32] = np.clip(0.5 - signed_mm / SPACING_MM, 0.0, 1.0).astype(np.float32)
+    return fraction
 
 
 def _fiducial_positions() -> dict[str, tuple[float, float, float]]:

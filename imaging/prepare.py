@@ -26,8 +26,17 @@ from imaging.errors import InputError, SegmentationError
 from imaging.field import Field, coarsen_in_plane
 from imaging.gltf import write_glb
 from imaging.load import DEFAULT_MEMORY_BUDGET_BYTES, load_ct
-from imaging.manifest import GLB_NAME, MANIFEST_NAME, MESH_DIR, Landmark, ManifestData, MeshEntry, build_manifest, write_manifest
-from imaging.mesh import RGBA, Mesh
+from imaging.manifest import (
+    GLB_NAME,
+    MANIFEST_NAME,
+    MESH_DIR,
+    Landmark,
+    ManifestData,
+    MeshEntry,
+    build_manifest,
+    write_manifest,
+)
+from imaging.mesh import RGBA
 from imaging.mesh_io import write_ply, write_stl
 from imaging.surface import RawSurface, finish_surface, raw_surface
 from imaging.volume import Volume
@@ -94,7 +103,11 @@ def prepare_path(source: Path, out: Path, options: PrepareOptions, progress: Pro
     timer = _Timer(progress)
     with timer.stage("load"):
         volume = load_ct(source, series_uid=options.series_uid, memory_budget_bytes=options.memory_budget_bytes)
-        labels = load_ct(options.labels_path, memory_budget_bytes=options.memory_budget_bytes) if options.labels_path else None
+        labels = (
+            load_ct(options.labels_path, memory_budget_bytes=options.memory_budget_bytes)
+            if options.labels_path
+            else None
+        )
     study_id = volume.source.study_key or "study-unknown"
     return prepare_volume(volume, out, options, study_id=study_id, labels=labels, timer=timer, where=source)
 
@@ -109,8 +122,16 @@ def prepare_phantom(out: Path, options: PrepareOptions, progress: Progress | Non
     names = {k: (v, phantom.LABEL_COLORS[k]) for k, v in phantom.LABELS.items()}
     fiducials = [Landmark(n, p) for n, p in ph.fiducials_mm.items()]
     return prepare_volume(
-        ph.volume, out, options, study_id=phantom.SYNTHETIC_STUDY_ID, labels=labels, label_names=names,
-        fiducials=fiducials, targets=[Landmark("lesion", ph.target_mm)], timer=timer, where="synthetic phantom",
+        ph.volume,
+        out,
+        options,
+        study_id=phantom.SYNTHETIC_STUDY_ID,
+        labels=labels,
+        label_names=names,
+        fiducials=fiducials,
+        targets=[Landmark("lesion", ph.target_mm)],
+        timer=timer,
+        where="synthetic phantom",
     )
 
 
@@ -136,8 +157,13 @@ def prepare_volume(
     with timer.stage("surface"):
         meshes = _surfaces(jobs, options.triangle_budget)
     data = ManifestData(
-        study_id=study_id, synthetic=volume.source.synthetic, volume=volume, meshes=meshes,
-        triangle_budget=options.triangle_budget, fiducials=fiducials or [], targets=targets or [],
+        study_id=study_id,
+        synthetic=volume.source.synthetic,
+        volume=volume,
+        meshes=meshes,
+        triangle_budget=options.triangle_budget,
+        fiducials=fiducials or [],
+        targets=targets or [],
         timings_s=timer.timings,
     )
     with timer.stage("write"):
@@ -146,7 +172,13 @@ def prepare_volume(
     return PreparedModel(out, manifest, dict(timer.timings))
 
 
-def _segment(volume: Volume, options: PrepareOptions, labels: Volume | None, names: dict[int, tuple[str, RGBA]], where: Path | str) -> list[_Job]:
+def _segment(
+    volume: Volume,
+    options: PrepareOptions,
+    labels: Volume | None,
+    names: dict[int, tuple[str, RGBA]],
+    where: Path | str,
+) -> list[_Job]:
     jobs = []
     if "skin" in options.segments:
         jobs.append(_Job("skin", "skin", None, label_table.SKIN_COLOR, segment.skin_field(volume, where)))
@@ -167,7 +199,7 @@ def _segment(volume: Volume, options: PrepareOptions, labels: Volume | None, nam
 
 
 def _check_overlap(volume: Volume, labels: Volume, where: Path | str) -> None:
-    def corners(v: Volume) -> np.ndarray:  # type: ignore[type-arg]
+    def corners(v: Volume) -> np.ndarray:
         size = np.asarray(v.geometry.size) - 1
         grid = np.array([[i, j, k] for i in (0, 1) for j in (0, 1) for k in (0, 1)]) * size
         return v.geometry.index_to_lps(grid)
@@ -240,7 +272,12 @@ def _write_folder(data: ManifestData, out: Path) -> dict[str, Any]:
     try:
         (staging / MESH_DIR).mkdir()
         meshes = [entry.mesh for entry in data.meshes]
-        write_glb(meshes, staging / GLB_NAME, scene_name=data.study_id, extras={"frame": "glTF from patient LPS", "synthetic": data.synthetic})
+        write_glb(
+            meshes,
+            staging / GLB_NAME,
+            scene_name=data.study_id,
+            extras={"frame": "glTF from patient LPS", "synthetic": data.synthetic},
+        )
         for mesh in meshes:
             write_ply(mesh, staging / MESH_DIR / f"{mesh.name}.ply")
             write_stl(mesh, staging / MESH_DIR / f"{mesh.name}.stl")

@@ -82,7 +82,9 @@ def label_fields(labels: Volume, where: Path | str) -> Iterator[tuple[int, Field
     for label, box in present:
         padded = tuple(slice(max(0, s.start - 1), s.stop + 1) for s in box)
         mask = values[padded] == label
-        sub_geometry = labels.geometry.sub_grid((padded[2].start, padded[1].start, padded[0].start), (1, 1, 1), tuple(reversed(mask.shape)))  # type: ignore[arg-type]
+        sub_geometry = labels.geometry.sub_grid(
+            (padded[2].start, padded[1].start, padded[0].start), (1, 1, 1), tuple(reversed(mask.shape))
+        )
         yield label, block_mean(mask, sub_geometry, factor)
 
 
@@ -90,7 +92,12 @@ def fill_holes_per_slice(solid: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
     """Fill background regions of each [z] slice that do not touch the slice border."""
     background, _ = ndimage.label(~solid, structure=_IN_SLICE_ONLY)
     border = np.concatenate(
-        [background[:, 0, :].ravel(), background[:, -1, :].ravel(), background[:, :, 0].ravel(), background[:, :, -1].ravel()]
+        [
+            background[:, 0, :].ravel(),
+            background[:, -1, :].ravel(),
+            background[:, :, 0].ravel(),
+            background[:, :, -1].ravel(),
+        ]
     )
     outside = np.zeros(int(background.max()) + 1, dtype=bool)
     outside[border] = True
@@ -132,4 +139,4 @@ def _restrict(field: Field, kept: npt.NDArray[np.bool_], solid: npt.NDArray[np.b
     values[kept] = np.maximum(partial[kept], np.where(solid[kept], 0.0, 1.0))
     values[ring] = np.minimum(partial[ring], np.float32(ISO_LEVEL - 1e-3))
     start = (box[2].start, box[1].start, box[0].start)
-    return Field(values, field.geometry.sub_grid(start, (1, 1, 1), tuple(reversed(values.shape))))  # type: ignore[arg-type]
+    return Field(values, field.geometry.sub_grid(start, (1, 1, 1), tuple(reversed(values.shape))))

@@ -65,16 +65,18 @@ def extract_surface(field: Field, name: str, color: RGBA, max_triangles: int) ->
     return finish_surface(raw_surface(field), field.geometry, name, color, max_triangles)
 
 
-def flying_edges(values: npt.NDArray[np.float32], level: float) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64]]:
+def flying_edges(
+    values: npt.NDArray[np.float32], level: float
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64]]:
     """VTK flying edges on a [z, y, x] array; vertices returned in (i, j, k) index units.
 
     Triangles come back counter-clockwise seen from the low-value side's opposite, i.e. with
     normals pointing from high (inside) to low (outside) values.
     """
     # The vtkmodules imports load only what is used: ``import vtk`` costs ~0.8 s here.
-    from vtkmodules.util import numpy_support  # type: ignore[import-untyped]
-    from vtkmodules.vtkCommonDataModel import vtkImageData  # type: ignore[import-untyped]
-    from vtkmodules.vtkFiltersCore import vtkFlyingEdges3D  # type: ignore[import-untyped]
+    from vtkmodules.util import numpy_support
+    from vtkmodules.vtkCommonDataModel import vtkImageData
+    from vtkmodules.vtkFiltersCore import vtkFlyingEdges3D
 
     nz, ny, nx = values.shape
     image = vtkImageData()
@@ -100,8 +102,12 @@ def flying_edges(values: npt.NDArray[np.float32], level: float) -> tuple[npt.NDA
 
 
 def _neighbour_mean_operator(n_vertices: int, triangles: npt.NDArray[np.int64]) -> sparse.csr_matrix:
-    rows = np.concatenate([triangles[:, 0], triangles[:, 1], triangles[:, 2], triangles[:, 1], triangles[:, 2], triangles[:, 0]])
-    cols = np.concatenate([triangles[:, 1], triangles[:, 2], triangles[:, 0], triangles[:, 0], triangles[:, 1], triangles[:, 2]])
+    rows = np.concatenate(
+        [triangles[:, 0], triangles[:, 1], triangles[:, 2], triangles[:, 1], triangles[:, 2], triangles[:, 0]]
+    )
+    cols = np.concatenate(
+        [triangles[:, 1], triangles[:, 2], triangles[:, 0], triangles[:, 0], triangles[:, 1], triangles[:, 2]]
+    )
     adjacency = sparse.csr_matrix((np.ones(rows.size, np.float64), (rows, cols)), shape=(n_vertices, n_vertices))
     adjacency.data[:] = 1.0  # duplicate edges summed: count each neighbour once
     degree = np.asarray(adjacency.sum(axis=1)).ravel()
@@ -109,7 +115,9 @@ def _neighbour_mean_operator(n_vertices: int, triangles: npt.NDArray[np.int64]) 
     return (inv @ adjacency).tocsr()
 
 
-def taubin_smooth(vertices: npt.NDArray[np.float64], triangles: npt.NDArray[np.int64], iterations: int) -> npt.NDArray[np.float64]:
+def taubin_smooth(
+    vertices: npt.NDArray[np.float64], triangles: npt.NDArray[np.int64], iterations: int
+) -> npt.NDArray[np.float64]:
     """Taubin lambda/mu smoothing: removes the marching-cubes terracing without shrinking."""
     mean = _neighbour_mean_operator(vertices.shape[0], triangles)
     v = vertices.copy()
@@ -135,5 +143,9 @@ def _decimate_locked(
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64]]:
     reduction = 1.0 - max_triangles / triangles.shape[0]
     v, t = fast_simplification.simplify(  # type: ignore[attr-defined]
-        vertices.astype(np.float32), triangles.astype(np.int32), target_reduction=reduction, agg=DECIMATION_AGGRESSIVENESS)
+        vertices.astype(np.float32),
+        triangles.astype(np.int32),
+        target_reduction=reduction,
+        agg=DECIMATION_AGGRESSIVENESS,
+    )
     return np.asarray(v, np.float64), np.asarray(t, np.int64)

@@ -8,6 +8,7 @@ mesh and their distance to the other mesh's triangles is computed exactly by Ope
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -23,7 +24,9 @@ class SurfaceDistance:
     hausdorff95_mm: float
 
 
-def sample_surface(vertices: npt.NDArray[np.floating], triangles: npt.NDArray[np.integer], n: int, seed: int = SAMPLE_SEED) -> npt.NDArray[np.float64]:
+def sample_surface(
+    vertices: npt.NDArray[np.floating], triangles: npt.NDArray[np.integer], n: int, seed: int = SAMPLE_SEED
+) -> npt.NDArray[np.float64]:
     v = np.asarray(vertices, np.float64)
     t = np.asarray(triangles, np.int64)
     a, b, c = v[t[:, 0]], v[t[:, 1]], v[t[:, 2]]
@@ -36,14 +39,16 @@ def sample_surface(vertices: npt.NDArray[np.floating], triangles: npt.NDArray[np
     return a[pick] + r1[:, None] * (b[pick] - a[pick]) + r2[:, None] * (c[pick] - a[pick])
 
 
-def _distances(points: npt.NDArray[np.float64], vertices: npt.NDArray[np.floating], triangles: npt.NDArray[np.integer]) -> npt.NDArray[np.float64]:
+def _distances(
+    points: npt.NDArray[np.float64], vertices: npt.NDArray[np.floating], triangles: npt.NDArray[np.integer]
+) -> npt.NDArray[np.float64]:
     import open3d as o3d
 
+    core: Any = o3d.core  # typed stubs reject numpy arrays that the runtime accepts
     scene = o3d.t.geometry.RaycastingScene()
-    scene.add_triangles(
-        o3d.core.Tensor(np.asarray(vertices, np.float32)), o3d.core.Tensor(np.asarray(triangles, np.uint32))
-    )
-    return scene.compute_distance(o3d.core.Tensor(points.astype(np.float32))).numpy().astype(np.float64)
+    scene.add_triangles(core.Tensor(np.asarray(vertices, np.float32)), core.Tensor(np.asarray(triangles, np.uint32)))
+    distances = scene.compute_distance(core.Tensor(points.astype(np.float32))).numpy()
+    return np.asarray(distances, dtype=np.float64)
 
 
 def surface_distance(

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
-import numpy as np
 import numpy.typing as npt
 
 from imaging.geometry import Geometry
@@ -29,7 +29,7 @@ class SourceInfo:
 class Volume:
     """CT voxels (numpy, indexed [z, y, x], HU) with the grid geometry (x, y, z order)."""
 
-    voxels: npt.NDArray[np.generic]
+    voxels: npt.NDArray[Any]
     geometry: Geometry
     source: SourceInfo
 

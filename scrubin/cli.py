@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from scrubin.console import configure_logging, one_line_errors
 
-app = typer.Typer(help="scrubin: AR surgical guidance and remote mentoring.", no_args_is_help=True, add_completion=False)
+app = typer.Typer(
+    help="scrubin: AR surgical guidance and remote mentoring.", no_args_is_help=True, add_completion=False
+)
 
 
 @app.callback()
@@ -21,15 +23,39 @@ def main(
 
 @app.command()
 def prepare(
-    input: Annotated[Optional[Path], typer.Argument(help="CT: a DICOM series folder, .nii/.nii.gz, .nrrd/.nhdr or .mha/.mhd.", show_default=False)] = None,  # noqa: UP007
-    out: Annotated[Path, typer.Option("--out", "-o", help="Patient-model folder to write (replaced atomically if it holds a model).")] = Path("patient-model"),
-    phantom: Annotated[bool, typer.Option("--phantom", help="Use the built-in SYNTHETIC head phantom instead of INPUT.")] = False,
-    series: Annotated[Optional[str], typer.Option("--series", help="DICOM Series Instance UID to use (default: the largest series).")] = None,  # noqa: UP007
-    labels: Annotated[Optional[Path], typer.Option("--labels", help="Integer label map (e.g. TotalSegmentator NIfTI): one mesh per label.")] = None,  # noqa: UP007
-    label_names: Annotated[Optional[Path], typer.Option("--label-names", help="Names/colours for --labels: JSON {id: name} or a Slicer colour table.")] = None,  # noqa: UP007
-    segments: Annotated[str, typer.Option("--segments", help="Comma-separated threshold segments to mesh: skin, bone, or none.")] = "skin,bone",
+    input: Annotated[
+        Path | None,
+        typer.Argument(help="CT: a DICOM series folder, .nii/.nii.gz, .nrrd/.nhdr or .mha/.mhd.", show_default=False),
+    ] = None,  # noqa: UP007
+    out: Annotated[
+        Path,
+        typer.Option("--out", "-o", help="Patient-model folder to write (replaced atomically if it holds a model)."),
+    ] = Path("patient-model"),
+    phantom: Annotated[
+        bool, typer.Option("--phantom", help="Use the built-in SYNTHETIC head phantom instead of INPUT.")
+    ] = False,
+    series: Annotated[
+        str | None, typer.Option("--series", help="DICOM Series Instance UID to use (default: the largest series).")
+    ] = None,  # noqa: UP007
+    labels: Annotated[
+        Path | None,
+        typer.Option("--labels", help="Integer label map (e.g. TotalSegmentator NIfTI): one mesh per label."),
+    ] = None,  # noqa: UP007
+    label_names: Annotated[
+        Path | None,
+        typer.Option("--label-names", help="Names/colours for --labels: JSON {id: name} or a Slicer colour table."),
+    ] = None,  # noqa: UP007
+    segments: Annotated[
+        str, typer.Option("--segments", help="Comma-separated threshold segments to mesh: skin, bone, or none.")
+    ] = "skin,bone",
     budget: Annotated[int, typer.Option("--budget", help="Total triangle budget over all meshes.")] = 200_000,
-    max_memory_gb: Annotated[float, typer.Option("--max-memory-gb", help="Refuse volumes whose processing would need more memory than this (decided from the header).")] = 6.0,
+    max_memory_gb: Annotated[
+        float,
+        typer.Option(
+            "--max-memory-gb",
+            help="Refuse volumes whose processing would need more memory than this (decided from the header).",
+        ),
+    ] = 6.0,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of internal errors.")] = False,
 ) -> None:
     """Turn a CT into a headset-ready patient model: model.glb, meshes/*.ply|stl, manifest.json."""
@@ -39,8 +65,15 @@ def prepare(
         from scrubin.prepare_command import run_prepare
 
         run_prepare(
-            input=input, out=out, phantom=phantom, series=series, labels=labels, label_names=label_names,
-            segments=segments, budget=budget, max_memory_gb=max_memory_gb,
+            input=input,
+            out=out,
+            phantom=phantom,
+            series=series,
+            labels=labels,
+            label_names=label_names,
+            segments=segments,
+            budget=budget,
+            max_memory_gb=max_memory_gb,
         )
 
 

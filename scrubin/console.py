@@ -37,7 +37,10 @@ def one_line_errors(expected: tuple[type[BaseException], ...], debug: bool = Fal
     except Exception as exc:
         if debug:
             raise
-        err_console.print(f"[bold red]internal error:[/] {exc.__class__.__name__}: {exc} (run with --debug for details)", soft_wrap=True)
+        err_console.print(
+            f"[bold red]internal error:[/] {exc.__class__.__name__}: {exc} (run with --debug for details)",
+            soft_wrap=True,
+        )
         raise typer.Exit(3) from None
 
 

@@ -16,8 +16,16 @@ _STAGES = ("synthesize", "load", "segment", "surface", "write")
 
 
 def run_prepare(
-    *, input: Path | None, out: Path, phantom: bool, series: str | None, labels: Path | None,
-    label_names: Path | None, segments: str, budget: int, max_memory_gb: float,
+    *,
+    input: Path | None,
+    out: Path,
+    phantom: bool,
+    series: str | None,
+    labels: Path | None,
+    label_names: Path | None,
+    segments: str,
+    budget: int,
+    max_memory_gb: float,
 ) -> None:
     from imaging.prepare import PrepareOptions, prepare_path, prepare_phantom
 
@@ -29,11 +37,22 @@ def run_prepare(
         msg = "--segments none needs --labels: nothing to mesh"
         raise InputError(msg)
     options = PrepareOptions(
-        segments=chosen, triangle_budget=budget, series_uid=series, labels_path=labels,
-        label_names_path=label_names, memory_budget_bytes=int(max_memory_gb * 1024**3),
+        segments=chosen,
+        triangle_budget=budget,
+        series_uid=series,
+        labels_path=labels,
+        label_names_path=label_names,
+        memory_budget_bytes=int(max_memory_gb * 1024**3),
     )
     stages = [s for s in _STAGES if s != ("load" if phantom else "synthesize")]
-    with Progress(TextColumn("{task.description:<12}"), BarColumn(), TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(), console=console, transient=True) as bar:
+    with Progress(
+        TextColumn("{task.description:<12}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as bar:
         task = bar.add_task("prepare", total=len(stages))
 
         def progress(stage: str) -> None:
@@ -81,5 +100,7 @@ def run_series(folder: Path) -> None:
         table.add_column(column)
     for e in entries:
         first = e.slices[0]
-        table.add_row(e.uid or "(blank UID)", str(e.n_files), e.modality or "?", f"{first.columns}x{first.rows}x{e.n_files}")
+        table.add_row(
+            e.uid or "(blank UID)", str(e.n_files), e.modality or "?", f"{first.columns}x{first.rows}x{e.n_files}"
+        )
     console.print(table)

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
-import pydicom
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
@@ -66,8 +65,13 @@ def write_series(
 
 
 def _slice_dataset(
-    pixels: npt.NDArray[np.int16], spacing: tuple[float, float, float], position: tuple[float, float, float],
-    orientation: tuple[float, ...], series_uid: str, study_uid: str, index: int,
+    pixels: npt.NDArray[np.int16],
+    spacing: tuple[float, float, float],
+    position: tuple[float, float, float],
+    orientation: tuple[float, ...],
+    series_uid: str,
+    study_uid: str,
+    index: int,
 ) -> FileDataset:
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = CTImageStorage

@@ -16,7 +16,12 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
     """``scrubin ARGS`` in a subprocess, as a user would run it (no terminal)."""
     full_env = {**os.environ, "COLUMNS": "200", **(env or {})}
     return subprocess.run(
-        [sys.executable, "-m", "scrubin.cli", *args], capture_output=True, text=True, timeout=300, env=full_env, cwd=REPO
+        [sys.executable, "-m", "scrubin.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=full_env,
+        cwd=REPO,
     )
 
 

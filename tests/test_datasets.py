@@ -6,13 +6,15 @@ import tomllib
 from pathlib import Path
 
 import pytest
-
 from conftest import real_data
+
 from imaging.load import load_ct
 
 MANIFEST = Path(__file__).resolve().parents[1] / "datasets" / "real_scans.toml"
 ENTRIES = tomllib.loads(MANIFEST.read_text())
-VOLUMES = [name for name, entry in ENTRIES.items() if entry["kind"] in ("dicom-series", "nifti", "nifti-labels", "metaimage")]
+VOLUMES = [
+    name for name, entry in ENTRIES.items() if entry["kind"] in ("dicom-series", "nifti", "nifti-labels", "metaimage")
+]
 
 
 @pytest.mark.realdata

@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from imaging_fixtures import glb_mesh_positions, load_manifest, run_cli
 
 from imaging.gltf import T_GLTF_LPS, gltf_m_to_lps_mm, lps_mm_to_gltf_m
 from imaging.mesh_io import read_ply
 from imaging.surface_distance import sample_surface
-from imaging_fixtures import glb_mesh_positions, load_manifest, run_cli
 
 FIDUCIAL_VOXEL = (41, 23, 17)  # (i, j, k)
 RADIUS_MM = 7.0

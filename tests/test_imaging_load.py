@@ -7,14 +7,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
 from conftest import real_data
 from dicom_factory import head_like_volume, write_series
+
 from imaging.errors import InputError
 from imaging.load import load_ct
 
 
-def _write_image(path: Path, voxels: np.ndarray, spacing=(0.8, 0.9, 2.5), origin=(-12.0, 30.0, -40.0), direction=None) -> None:
+def _write_image(
+    path: Path, voxels: np.ndarray, spacing=(0.8, 0.9, 2.5), origin=(-12.0, 30.0, -40.0), direction=None
+) -> None:
     image = sitk.GetImageFromArray(voxels)
     image.SetSpacing(spacing)
     image.SetOrigin(origin)
@@ -64,7 +66,9 @@ def test_several_series_takes_largest_unless_told(tmp_path: Path) -> None:
     assert load_ct(tmp_path).voxels.shape[0] == 20
     chosen = load_ct(tmp_path, series_uid="1.2.3.4.200")
     np.testing.assert_array_equal(chosen.voxels, small)
-    with pytest.raises(InputError, match=r"series '9\.9\.9' not found \(series here: 1\.2\.3\.4\.100, 1\.2\.3\.4\.200\)"):
+    with pytest.raises(
+        InputError, match=r"series '9\.9\.9' not found \(series here: 1\.2\.3\.4\.100, 1\.2\.3\.4\.200\)"
+    ):
         load_ct(tmp_path, series_uid="9.9.9")
 
 
@@ -141,7 +145,10 @@ def test_memory_budget_decided_from_header_before_pixels(tmp_path: Path) -> None
         "space directions: (1,0,0) (0,1,0) (0,0,1)\nspace origin: (0,0,0)\nencoding: raw\n"
         "endian: little\ndata file: tiny.raw\n"
     )
-    with pytest.raises(InputError, match=r"huge\.nhdr: volume of 4000x4000x4000 voxels needs about .* GiB, over the memory budget of 6\.0 GiB"):
+    with pytest.raises(
+        InputError,
+        match=r"huge\.nhdr: volume of 4000x4000x4000 voxels needs about .* GiB, over the memory budget of 6\.0 GiB",
+    ):
         load_ct(header)
 
 

@@ -7,7 +7,6 @@ import re
 from pathlib import Path
 
 import pydicom
-
 from dicom_factory import PHI, head_like_volume, write_series
 from imaging_fixtures import run_cli
 

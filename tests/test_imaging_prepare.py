@@ -8,8 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import real_data
+from imaging_fixtures import glb_mesh_positions, load_manifest, run_cli
+
 from imaging.errors import InputError, SegmentationError
 from imaging.geometry import Geometry
 from imaging.mesh_io import read_ply
@@ -17,7 +18,6 @@ from imaging.phantom import HEADREST_BOX_MM, SYNTHETIC_STUDY_ID, make_phantom
 from imaging.prepare import PrepareOptions, prepare_path, prepare_phantom, prepare_volume, share_budget
 from imaging.surface_distance import _distances
 from imaging.volume import SourceInfo, Volume
-from imaging_fixtures import glb_mesh_positions, load_manifest, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +32,7 @@ def test_phantom_is_deterministic_and_synthetic() -> None:
     assert hashlib.sha256(a.volume.voxels.tobytes()).digest() == hashlib.sha256(b.volume.voxels.tobytes()).digest()
     assert a.volume.source.synthetic and a.volume.source.study_key == SYNTHETIC_STUDY_ID
     v = a.volume.voxels
-    assert -1024 <= v.min() and v.max() <= 3071
+    assert v.min() >= -1024 and v.max() <= 3071
     air, tissue = v[:5, :5, :5], v[a.labels == 1]
     assert abs(air.mean() + 1000) < 5 and 8 < air.std() < 16  # realistic noise in air
     assert 20 < tissue.mean() < 45  # brain HU
@@ -164,7 +164,10 @@ def test_cli_phantom_summary(tmp_path: Path) -> None:
     [
         (["prepare", "--out", "X"], "error: give either INPUT or --phantom (exactly one)"),
         (["prepare", "/no/such/scan.nii.gz", "--out", "X"], "error: /no/such/scan.nii.gz: no such file or folder"),
-        (["prepare", "--phantom", "--segments", "skin,liver", "--out", "X"], "error: --segments: unknown segment 'liver' (choose from skin, bone)"),
+        (
+            ["prepare", "--phantom", "--segments", "skin,liver", "--out", "X"],
+            "error: --segments: unknown segment 'liver' (choose from skin, bone)",
+        ),
         (["prepare", "--phantom", "--budget", "5", "--out", "X"], "error: --budget: at least 2000 triangles, got 5"),
     ],
 )
@@ -192,7 +195,9 @@ def test_totalsegmentator_label_map_meshes(tmp_path: Path) -> None:
     seg = real_data("ct/totalsegmentator_abdomen/example_seg.nii.gz")
     names = tmp_path / "names.json"
     names.write_text(json.dumps({"1": "spleen", "5": {"name": "liver", "color": [0.6, 0.2, 0.2, 1.0]}}))
-    result = prepare_path(ct, tmp_path / "m", PrepareOptions(segments=("skin",), labels_path=seg, label_names_path=names))
+    result = prepare_path(
+        ct, tmp_path / "m", PrepareOptions(segments=("skin",), labels_path=seg, label_names_path=names)
+    )
     meshes = {m["name"]: m for m in result.manifest["meshes"]}
     import SimpleITK as sitk
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import real_data
+
 from imaging.surface import decimate, flying_edges
 
 
