@@ -126,7 +126,8 @@ def _components(mask: npt.NDArray[np.bool_], min_voxels: int = 0) -> npt.NDArray
 
     components = sitk.ConnectedComponent(sitk.GetImageFromArray(mask.view(np.uint8)), False)
     relabelled = sitk.RelabelComponent(components, sortByObjectSize=True, minimumObjectSize=min_voxels)
-    return sitk.GetArrayFromImage(relabelled)
+    labels: npt.NDArray[np.integer] = sitk.GetArrayFromImage(relabelled)
+    return labels
 
 
 def largest_component(mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
