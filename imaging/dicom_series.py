@@ -38,6 +38,11 @@ _HEADER_TAGS = (
     (0x0008, 0x0060),  # Modality
 )
 MIN_SLICES_FOR_PARALLEL_READ = 16
+# Storage classes whose slices must carry a position (CT, enhanced CT, MR, enhanced MR, PET,
+# NM); a file of one of these classes without it is truncated or damaged, never skipped.
+_VOLUME_SOP_CLASSES = frozenset(
+    "1.2.840.10008.5.1.4.1.1." + suffix for suffix in ("2", "2.1", "2.2", "4", "4.1", "128", "130", "20")
+)
 
 
 @dataclass(frozen=True)
@@ -95,9 +100,16 @@ def _read_header(path: Path) -> tuple[str, str, str, SliceHeader] | None:
 
     try:
         ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=list(_HEADER_TAGS))
-    except (InvalidDicomError, EOFError, OSError, ValueError, TypeError, KeyError, AttributeError):
+    except (InvalidDicomError, EOFError, OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+        if _has_dicom_preamble(path):  # a DICOM file that cannot be parsed is damaged, not foreign
+            msg = f"{path}: damaged DICOM file ({exc.__class__.__name__}: {str(exc)[:120]})"
+            raise InputError(msg) from None
         return None
     if "ImagePositionPatient" not in ds:
+        sop_class = str(getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", "") or "")
+        if sop_class in _VOLUME_SOP_CLASSES:  # a CT/MR/PET slice without position: truncated
+            msg = f"{path}: damaged or incomplete DICOM slice (no Image Position (Patient))"
+            raise InputError(msg)
         return None  # not an image slice (DICOMDIR, report, presentation state...)
     # Some anonymisers blank the UID; such slices form one series, as GDCM groups them.
     uid = str(ds.get("SeriesInstanceUID", "") or "").strip()
@@ -110,6 +122,15 @@ def _read_header(path: Path) -> tuple[str, str, str, SliceHeader] | None:
         raise InputError(msg)
     header = SliceHeader(str(path), (position[0], position[1], position[2]), tuple(orientation), rows, columns, tilt)
     return uid, str(ds.get("StudyInstanceUID", "")).strip(), str(ds.get("Modality", "")).strip(), header
+
+
+def _has_dicom_preamble(path: Path) -> bool:
+    try:
+        with path.open("rb") as handle:
+            handle.seek(128)
+            return handle.read(4) == b"DICM"
+    except OSError:
+        return False
 
 
 def _numbers(value: object, n: int, path: Path, tag: str) -> list[float]:

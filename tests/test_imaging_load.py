@@ -192,3 +192,19 @@ def test_real_dicom_totalsegmentator_siemens() -> None:
     reference = sitk.ReadImage(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder)))
     np.testing.assert_allclose(volume.geometry.origin, reference.GetOrigin(), atol=1e-3)
     np.testing.assert_array_equal(volume.voxels, sitk.GetArrayViewFromImage(reference))
+
+
+def test_truncated_dicom_header_is_named(tmp_path: Path) -> None:
+    paths = write_series(tmp_path, head_like_volume((6, 16, 16)))
+    data = paths[-1].read_bytes()  # the last slice: silently dropping it would go unnoticed
+    paths[-1].write_bytes(data[:200])
+    with pytest.raises(InputError, match=r"IM0005\.dcm: damaged or incomplete DICOM slice"):
+        load_ct(tmp_path)
+
+
+def test_truncated_pixel_data_is_refused(tmp_path: Path) -> None:
+    paths = write_series(tmp_path, head_like_volume((6, 32, 32)))
+    data = paths[2].read_bytes()
+    paths[2].write_bytes(data[: len(data) - 900])
+    with pytest.raises(InputError, match=r"DICOM pixel data could not be read"):
+        load_ct(tmp_path)
