@@ -209,3 +209,20 @@ def test_totalsegmentator_label_map_meshes(tmp_path: Path) -> None:
     for mesh in meshes.values():  # every organ sits inside the body
         assert np.all(np.asarray(mesh["bounds_mm"][0]) >= np.asarray(skin[0]) - 1.0)
         assert np.all(np.asarray(mesh["bounds_mm"][1]) <= np.asarray(skin[1]) + 1.0)
+
+
+def test_cli_lists_series_and_prepares_the_chosen_one(tmp_path: Path) -> None:
+    from dicom_factory import head_like_volume, write_series
+
+    dicom = tmp_path / "dicom"
+    write_series(dicom, head_like_volume((20, 48, 48)), series_uid="1.2.3.4.500", prefix="A")
+    write_series(dicom, head_like_volume((10, 48, 48), radius=12.0), series_uid="1.2.3.4.600", prefix="B")
+    listing = run_cli("series", str(dicom))
+    assert listing.returncode == 0, listing.stderr
+    assert listing.stdout.index("1.2.3.4.500") < listing.stdout.index("1.2.3.4.600")  # largest first
+    assert "48x48x20" in listing.stdout and "48x48x10" in listing.stdout
+    result = run_cli("prepare", str(dicom), "--series", "1.2.3.4.600", "--segments", "skin", "--out", str(tmp_path / "m"))
+    assert result.returncode == 0, result.stderr
+    skin = load_manifest(tmp_path / "m")["meshes"][0]
+    assert skin["bounds_mm"][1][0] - skin["bounds_mm"][0][0] < 30.0  # the small (radius 12) series
+    assert load_manifest(tmp_path / "m")["source"]["n_files"] == 10
