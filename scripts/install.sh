@@ -9,9 +9,6 @@ cd "$(dirname "$0")/.."
 extras="${1:-}"
 # libusb-1.0-0: Open3D 0.20 does not import without it. libgl1/libgomp1: Open3D and VTK.
 deb_packages=(libusb-1.0-0 libgl1 libgomp1)
-if [[ "$extras" == *test* ]]; then
-    deb_packages+=()
-fi
 
 missing=()
 for pkg in "${deb_packages[@]}"; do
@@ -22,7 +19,8 @@ if ((${#missing[@]})); then
     [[ $(id -u) -ne 0 ]] && sudo="sudo"
     echo "scrubin install: Debian packages ${missing[*]}"
     $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
+        2> >(grep -v "^debconf: delaying package configuration" >&2)
 fi
 
 if [[ ! -x .venv/bin/python ]]; then
