@@ -5,6 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh test
+# The Khronos glTF validator (npm) checks model.glb; its test skips where node is absent.
+if command -v npm >/dev/null && [[ ! -d tests/tools/node_modules/gltf-validator ]]; then
+    npm install --prefix tests/tools --silent --no-audit --no-fund 2>&1 | grep -v "Unknown user config" >&2 || true
+fi
 if [[ -z "${SCRUBIN_DATA_DIR:-}" && -d ../shared/data ]]; then
     export SCRUBIN_DATA_DIR="$(cd ../shared/data && pwd)"
 fi

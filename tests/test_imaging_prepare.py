@@ -226,3 +226,18 @@ def test_cli_lists_series_and_prepares_the_chosen_one(tmp_path: Path) -> None:
     skin = load_manifest(tmp_path / "m")["meshes"][0]
     assert skin["bounds_mm"][1][0] - skin["bounds_mm"][0][0] < 30.0  # the small (radius 12) series
     assert load_manifest(tmp_path / "m")["source"]["n_files"] == 10
+
+
+def test_glb_passes_khronos_validator(phantom_model: Path) -> None:
+    import shutil
+    import subprocess
+
+    tools = Path(__file__).parent / "tools"
+    if shutil.which("node") is None or not (tools / "node_modules" / "gltf-validator").is_dir():
+        pytest.skip("Khronos glTF validator not installed (scripts/test.sh installs it when node is present)")
+    result = subprocess.run(
+        ["node", str(tools / "validate_gltf.js"), str(phantom_model / "model.glb")], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["errors"] == 0 and report["warnings"] == 0, report["messages"]
