@@ -42,6 +42,7 @@ def skin_field(volume: Volume, where: Path | str) -> Field:
     if not solid.any():
         msg = f"{where}: skin segmentation is empty (no voxel above {SKIN_THRESHOLD_HU:g} HU)"
         raise SegmentationError(msg)
+    field, solid = _crop_to_solid(field, solid)
     filled = fill_holes_per_slice(solid)
     body = largest_component(filled)
     return _restrict(field, body, solid)
@@ -53,6 +54,8 @@ def bone_field(volume: Volume, where: Path | str) -> Field:
     field = block_mean(bone, volume.geometry, block_factor(volume.geometry.spacing))
     del bone
     solid = field.values >= ISO_LEVEL
+    if solid.any():
+        field, solid = _crop_to_solid(field, solid)
     kept = drop_small_components(solid, MIN_BONE_COMPONENT_MM3 / field.geometry.voxel_volume_mm3)
     if not kept.any():
         msg = f"{where}: bone segmentation is empty (no structure over {MIN_BONE_COMPONENT_MM3 / 1000:g} mL above {BONE_THRESHOLD_HU:g} HU); use --segments skin for scans without bone"
@@ -141,12 +144,27 @@ def drop_small_components(mask: npt.NDArray[np.bool_], min_voxels: float) -> npt
 
 
 def dilate_six_connected(mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
-    import SimpleITK as sitk
-
-    image = sitk.GetImageFromArray(mask.view(np.uint8))
-    dilated = sitk.BinaryDilate(image, [1, 1, 1], sitk.sitkCross, 0.0, 1.0)
-    grown: npt.NDArray[np.bool_] = sitk.GetArrayViewFromImage(dilated).astype(bool)
+    """Grow by one voxel along each axis (6-neighbourhood), with shifted ORs: ~20x faster
+    here than SimpleITK's BinaryDilate for this one-voxel case."""
+    grown = mask.copy()
+    for axis in range(3):
+        lead = [slice(None)] * 3
+        lag = [slice(None)] * 3
+        lead[axis], lag[axis] = slice(1, None), slice(None, -1)
+        grown[tuple(lead)] |= mask[tuple(lag)]
+        grown[tuple(lag)] |= mask[tuple(lead)]
     return grown
+
+
+def _crop_to_solid(field: Field, solid: npt.NDArray[np.bool_]) -> tuple[Field, npt.NDArray[np.bool_]]:
+    """Crop to the solid voxels plus one voxel of margin: the air around a patient is often
+    half the grid, and the margin keeps every hole that touched the border touching it."""
+    box = bounding_box(solid, pad=1)
+    assert box is not None, "caller checked that something is solid"
+    start = (box[2].start, box[1].start, box[0].start)
+    values = field.values[box]
+    size = (values.shape[2], values.shape[1], values.shape[0])
+    return Field(values, field.geometry.sub_grid(start, (1, 1, 1), size)), solid[box]
 
 
 def _restrict(field: Field, kept: npt.NDArray[np.bool_], solid: npt.NDArray[np.bool_]) -> Field:
