@@ -38,6 +38,8 @@ _HEADER_TAGS = (
     (0x0008, 0x0060),  # Modality
 )
 MIN_SLICES_FOR_PARALLEL_READ = 16
+# The last folder scan, keyed by every file's name, size and modification time.
+_LAST_SCAN: dict[tuple[str, tuple[tuple[str, int, int], ...]], tuple[SeriesEntry, ...]] = {}
 # Storage classes whose slices must carry a position (CT, enhanced CT, MR, enhanced MR, PET,
 # NM); a file of one of these classes without it is truncated or damaged, never skipped.
 _VOLUME_SOP_CLASSES = frozenset(
@@ -80,10 +82,26 @@ def list_series(folder: Path) -> list[SeriesEntry]:
     fast as GDCM's two directory scans, and it gives the per-slice positions to check before
     any pixel is read. Files that are not DICOM are ignored, as GDCM does.
     """
+    files = _folder_files(folder)
+    key = (str(folder.resolve()), tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files))
+    cached = _LAST_SCAN.get(key)
+    if cached is not None:  # ``scrubin prepare`` lists the series, then loads one of them
+        return list(cached)
+    entries = _scan(files)
+    _LAST_SCAN.clear()
+    _LAST_SCAN[key] = tuple(entries)
+    return entries
+
+
+def _folder_files(folder: Path) -> list[Path]:
     _refuse_empty_files(folder)
+    return sorted(p for p in folder.iterdir() if p.is_file())
+
+
+def _scan(files: list[Path]) -> list[SeriesEntry]:
     groups: dict[str, list[SliceHeader]] = {}
     meta: dict[str, tuple[str, str]] = {}
-    for path in sorted(p for p in folder.iterdir() if p.is_file()):
+    for path in files:
         header = _read_header(path)
         if header is None:
             continue

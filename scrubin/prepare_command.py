@@ -44,6 +44,8 @@ def run_prepare(
         label_names_path=label_names,
         memory_budget_bytes=int(max_memory_gb * 1024**3),
     )
+    if input is not None and input.is_dir():
+        _announce_series(input, series)
     stages = [s for s in _STAGES if s != ("load" if phantom else "synthesize")]
     with Progress(
         TextColumn("{task.description:<12}"),
@@ -82,6 +84,21 @@ def _summary(manifest: dict, timings_s: dict[str, float], out: Path) -> None:  #
 
 def _fmt(v: list[float]) -> str:
     return "(" + ", ".join(f"{x:.1f}" for x in v) + ")"
+
+
+def _announce_series(folder: Path, chosen: str | None) -> None:
+    """With several series in the folder, say which one is used (the operator's terminal only)."""
+    from imaging.dicom_series import list_series
+
+    entries = list_series(folder)
+    if len(entries) > 1:
+        used = chosen if chosen is not None else entries[0].uid
+        console.print(f"{len(entries)} DICOM series in {folder}:")
+        for e in entries:
+            mark = "->" if e.uid == used else "  "
+            console.print(f" {mark} {e.uid or '(blank UID)'}  {e.n_files} slices  {e.modality or '?'}", soft_wrap=True)
+        if chosen is None:
+            console.print("using the largest; choose another with --series UID")
 
 
 def run_series(folder: Path) -> None:

@@ -221,8 +221,11 @@ def test_cli_lists_series_and_prepares_the_chosen_one(tmp_path: Path) -> None:
     assert listing.returncode == 0, listing.stderr
     assert listing.stdout.index("1.2.3.4.500") < listing.stdout.index("1.2.3.4.600")  # largest first
     assert "48x48x20" in listing.stdout and "48x48x10" in listing.stdout
-    result = run_cli("prepare", str(dicom), "--series", "1.2.3.4.600", "--segments", "skin", "--out", str(tmp_path / "m"))
+    result = run_cli(
+        "prepare", str(dicom), "--series", "1.2.3.4.600", "--segments", "skin", "--out", str(tmp_path / "m")
+    )
     assert result.returncode == 0, result.stderr
+    assert "2 DICOM series" in result.stdout and "-> 1.2.3.4.600  10 slices" in result.stdout
     skin = load_manifest(tmp_path / "m")["meshes"][0]
     assert skin["bounds_mm"][1][0] - skin["bounds_mm"][0][0] < 30.0  # the small (radius 12) series
     assert load_manifest(tmp_path / "m")["source"]["n_files"] == 10
@@ -236,7 +239,10 @@ def test_glb_passes_khronos_validator(phantom_model: Path) -> None:
     if shutil.which("node") is None or not (tools / "node_modules" / "gltf-validator").is_dir():
         pytest.skip("Khronos glTF validator not installed (scripts/test.sh installs it when node is present)")
     result = subprocess.run(
-        ["node", str(tools / "validate_gltf.js"), str(phantom_model / "model.glb")], capture_output=True, text=True, timeout=60
+        ["node", str(tools / "validate_gltf.js"), str(phantom_model / "model.glb")],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
