@@ -91,5 +91,20 @@ def series(
         run_series(folder)
 
 
+@app.command()
+def audit(
+    session: Annotated[str, typer.Argument(help="Theatre session name.")],
+    directory: Annotated[Path, typer.Option("--dir", help="Folder of the audit logs.")] = Path("audit"),
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of internal errors.")] = False,
+) -> None:
+    """Print a session's audit log, oldest first, after verifying its hash chain."""
+    from scrubin.audit import AuditError
+
+    with one_line_errors((AuditError,), debug):
+        from scrubin.audit_command import run_audit
+
+        run_audit(session, directory)
+
+
 if __name__ == "__main__":
     app()
