@@ -1,1 +1,1 @@
-"""mentor."""
+"""mentor: remote experts watch, talk and annotate from a browser (aiohttp + aiortc)."""
