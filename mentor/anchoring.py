@@ -1,0 +1,125 @@
+"""Turn a mentor's click on a video frame into a mark on the patient, and back.
+
+The click at pixel (u, v) of the frame captured at time t becomes a ray from the video
+camera's pose at t; the registration at t places the patient model in the same headset
+world; the ray is cast into the model and the first hit is stored in model coordinates
+(patient LPS, mm), so the mark stays on the anatomy when the head or the headset moves.
+
+Frames follow the project convention ``T_a_b`` maps points from frame b into frame a. The
+camera frame is OpenCV's pinhole frame: x right, y down, z forward, millimetres.
+
+A click is anchored only on a pose whose status was ``tracking`` at capture time: a mark
+placed through a degraded or lost registration could land on the wrong anatomy, so it stays
+a 2D screen mark and says why.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Final
+
+import numpy as np
+import numpy.typing as npt
+
+F64 = npt.NDArray[np.float64]
+CAMERA_FRAME: Final = "opencv pinhole: x right, y down, z forward (mm)"
+ANCHORING_STATUS: Final = "tracking"
+
+
+@dataclass(frozen=True)
+class PinholeCamera:
+    """Intrinsics in pixels; pixel centres at integer coordinates."""
+
+    width: int
+    height: int
+    fx: float
+    fy: float
+    cx: float
+    cy: float
+
+    def ray(self, u: float, v: float) -> F64:
+        """Unit direction, in the camera frame, of the ray through pixel (u, v)."""
+        d = np.array([(u - self.cx) / self.fx, (v - self.cy) / self.fy, 1.0])
+        unit: F64 = d / np.linalg.norm(d)
+        return unit
+
+    def project(self, points_camera: F64) -> tuple[F64, npt.NDArray[np.bool_]]:
+        """(N, 2) pixel coordinates and whether each point is in front and inside the image."""
+        p = np.atleast_2d(points_camera)
+        z = p[:, 2]
+        safe = np.where(z > 1e-6, z, 1.0)
+        uv = np.stack([self.fx * p[:, 0] / safe + self.cx, self.fy * p[:, 1] / safe + self.cy], axis=1)
+        visible = (z > 1e-6) & (uv[:, 0] >= -0.5) & (uv[:, 0] <= self.width - 0.5)
+        visible &= (uv[:, 1] >= -0.5) & (uv[:, 1] <= self.height - 0.5)
+        return uv, visible
+
+
+@dataclass(frozen=True)
+class FramePose:
+    """What was known when the video frame was captured (all 4x4, mm)."""
+
+    T_world_camera: F64  # video camera in the headset's world
+    T_world_model: F64  # patient model in the same world (T_world_sensor @ T_sensor_model)
+    status: str  # registration status at capture time: tracking, degraded, lost
+
+
+@dataclass(frozen=True)
+class Anchor:
+    anchored: bool
+    point_model_mm: tuple[float, float, float] | None
+    screen_uv: tuple[float, float]
+    reason: str  # "hit the model", or why the mark stays 2D
+
+
+class MeshRayCaster:
+    """Open3D ray casting against the patient mesh (model frame, mm), prepared once."""
+
+    def __init__(self, vertices_mm: npt.ArrayLike, triangles: npt.ArrayLike) -> None:
+        import open3d as o3d
+
+        self._core: Any = o3d.core  # typed stubs reject the numpy arrays the runtime accepts
+        self._scene = o3d.t.geometry.RaycastingScene()
+        self._scene.add_triangles(
+            self._core.Tensor(np.asarray(vertices_mm, np.float32)), self._core.Tensor(np.asarray(triangles, np.uint32))
+        )
+
+    def first_hit(self, origin: F64, direction: F64) -> float:
+        """Distance (mm) along the unit ``direction`` to the first triangle, or inf."""
+        rays = np.concatenate([origin, direction]).astype(np.float32)[None]
+        result = self._scene.cast_rays(self._core.Tensor(rays))
+        return float(result["t_hit"].numpy()[0])
+
+
+def _inverse(T: F64) -> F64:
+    out = np.eye(4)
+    out[:3, :3] = T[:3, :3].T
+    out[:3, 3] = -T[:3, :3].T @ T[:3, 3]
+    return out
+
+
+def anchor_click(u: float, v: float, camera: PinholeCamera, pose: FramePose, caster: MeshRayCaster) -> Anchor:
+    """The 3D mark for a click at (u, v) on the frame described by ``pose``."""
+    screen = (float(u), float(v))
+    if not (0 <= u < camera.width and 0 <= v < camera.height):
+        msg = f"click outside the {camera.width}x{camera.height} frame, got ({u}, {v})"
+        raise ValueError(msg)
+    if pose.status != ANCHORING_STATUS:
+        return Anchor(False, None, screen, f"registration was {pose.status} when the frame was captured")
+    T_model_camera = _inverse(np.asarray(pose.T_world_model, np.float64)) @ np.asarray(pose.T_world_camera, np.float64)
+    origin = T_model_camera[:3, 3]
+    direction = T_model_camera[:3, :3] @ camera.ray(u, v)
+    distance = caster.first_hit(origin, direction)
+    if not np.isfinite(distance):
+        return Anchor(False, None, screen, "the ray missed the patient model")
+    hit = origin + distance * direction
+    return Anchor(True, (float(hit[0]), float(hit[1]), float(hit[2])), screen, "hit the model")
+
+
+def project_marks(
+    points_model_mm: npt.ArrayLike, camera: PinholeCamera, T_world_camera: F64, T_world_model: F64
+) -> tuple[F64, npt.NDArray[np.bool_]]:
+    """Where model-frame marks appear on a frame with the given (current) poses."""
+    T_camera_model = _inverse(np.asarray(T_world_camera, np.float64)) @ np.asarray(T_world_model, np.float64)
+    p = np.atleast_2d(np.asarray(points_model_mm, np.float64))
+    in_camera = p @ T_camera_model[:3, :3].T + T_camera_model[:3, 3]
+    return camera.project(in_camera)
