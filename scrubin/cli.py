@@ -7,11 +7,13 @@ from typing import Annotated
 
 import typer
 
+from scrubin.cli_keys import keys_app
 from scrubin.console import configure_logging, one_line_errors
 
 app = typer.Typer(
     help="scrubin: AR surgical guidance and remote mentoring.", no_args_is_help=True, add_completion=False
 )
+app.add_typer(keys_app, name="keys")
 
 
 @app.callback()

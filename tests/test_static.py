@@ -10,7 +10,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 # Packages and modules held to mypy --strict (pyproject's [tool.mypy] settings).
-STRICT = ["imaging", "scrubin", "mentor"]
+STRICT = ["imaging", "scrubin", "mentor", "headset_bridge", "registration"]
 LINTED = ["imaging", "scrubin", "tests", "bench"]
 
 

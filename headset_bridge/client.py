@@ -1,0 +1,520 @@
+"""Reference headset client: the whole protocol, single-threaded, poll-driven.
+
+A headset app calls :meth:`HeadsetClient.poll` once per rendered frame (or in
+a loop) and reads :meth:`HeadsetClient.view` to decide what to draw. Nothing
+runs behind the app's back, so a frozen app also freezes its heartbeats and
+the server notices (that is the point).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import zmq
+
+from headset_bridge import protocol as P
+from headset_bridge.annotations import AnnotationReplica
+from headset_bridge.clock import ClockSync, sample
+from headset_bridge.keys import KeyPair
+from headset_bridge.messages import (
+    LIVE_STATUSES,
+    Annotation,
+    AnnotationOp,
+    Counters,
+    Mat4,
+    ModelInfo,
+    as_transform,
+)
+from headset_bridge.transport import client_socket
+
+log = logging.getLogger(__name__)
+# Plain ints: pyzmq's enum flags cost microseconds per operation on the hot path.
+_EVENTS, _POLLIN, _NOBLOCK = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.NOBLOCK)
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    pub_endpoint: str
+    ctl_endpoint: str
+    server_public: bytes
+    hb_interval_s: float = 0.1
+    time_interval_s: float = 0.5
+    silence_s: float = 0.1  # nothing heard for this long: the pose is stale
+    max_pose_age_s: float = 0.25  # capture-to-now on the server clock
+    request_timeout_s: float = 1.0
+    uplink_queue: int = 4
+    uplink_hwm: int = 4
+    model_credit: int = 4  # model chunks in flight
+
+
+@dataclass(frozen=True)
+class PoseView:
+    """What the headset may show. Draw the overlay only when ``live``."""
+
+    live: bool
+    flagged: bool  # live but degraded: draw with a warning
+    status: str
+    reason: str  # why not live (empty when live)
+    T_sensor_model: Mat4 | None
+    seq: int
+    fitness: float
+    rmse_mm: float
+    age_ms: float | None  # capture to now, on the server clock
+    silence_ms: float | None  # since the last message from the server
+    sensor: str = ""
+    sensor_frame_seq: int = -1
+
+
+@dataclass(frozen=True)
+class PoseReceipt:
+    """Per-hop timing of one pose; server times on the server clock."""
+
+    seq: int
+    t_capture_ns: int  # server clock
+    t_send_ns: int  # server clock
+    t_recv_ns: int  # headset clock
+    offset_ns: int  # server minus headset, best estimate at receipt
+
+    @property
+    def network_ns(self) -> int:
+        """Server send to headset receive."""
+        return self.t_recv_ns + self.offset_ns - self.t_send_ns
+
+    @property
+    def capture_to_recv_ns(self) -> int:
+        return self.t_recv_ns + self.offset_ns - self.t_capture_ns
+
+
+@dataclass
+class _Pose:
+    header: dict[str, Any]
+    T: Mat4 | None
+    t_recv_ns: int
+
+
+@dataclass
+class _ModelFetch:
+    info: ModelInfo
+    chunks: dict[int, bytes] = field(default_factory=dict)
+    next_index: int = 0
+    in_flight: dict[int, float] = field(default_factory=dict)  # index -> sent at
+
+
+@dataclass(frozen=True)
+class ResumeState:
+    """What a headset may persist to resume annotations after a restart."""
+
+    epoch: str
+    seq: int
+    annotations: tuple[Annotation, ...]
+
+
+class HeadsetClient:
+    def __init__(
+        self,
+        keys: KeyPair,
+        config: ClientConfig,
+        context: zmq.Context[Any] | None = None,
+        resume: ResumeState | None = None,
+    ) -> None:
+        self.config = config
+        self.counters = Counters()
+        self.clock = ClockSync()
+        self.annotations = AnnotationReplica()
+        self.epoch: str | None = None
+        self.model: bytes | None = None
+        self.model_sha256: str | None = None
+        self.pose_log: deque[PoseReceipt] = deque(maxlen=100_000)  # every new (non-repeat) pose received
+        self.on_annotation: Callable[[AnnotationOp], None] | None = None
+        self._own_ctx = context is None
+        self._ctx: zmq.Context[Any] = context if context is not None else zmq.Context(io_threads=1)
+        self._sub = client_socket(self._ctx, zmq.SUB, keys, config.server_public)
+        self._sub.setsockopt(zmq.RCVHWM, 64)
+        for topic in P.SERVER_TOPICS:
+            self._sub.setsockopt(zmq.SUBSCRIBE, topic.encode())
+        self._dealer = client_socket(self._ctx, zmq.DEALER, keys, config.server_public)
+        self._dealer.setsockopt(zmq.SNDHWM, config.uplink_hwm)
+        self._sub.connect(config.pub_endpoint)
+        self._dealer.connect(config.ctl_endpoint)
+        self._poller = zmq.Poller()
+        self._poller.register(self._sub, zmq.POLLIN)
+        self._poller.register(self._dealer, zmq.POLLIN)
+        self._pose: _Pose | None = None
+        self._last_heard_ns: int | None = None
+        self._seq = 0
+        self._ctl_out: deque[list[P.Buffer]] = deque(maxlen=64)
+        self._uplink: deque[list[P.Buffer]] = deque(maxlen=config.uplink_queue)
+        self._sync_sent: float | None = None
+        self._fetch: _ModelFetch | None = None
+        self._next_hb = 0.0
+        self._next_time = 0.0
+        if resume is not None:
+            # Keep the persisted state; the server answers with only what was missed
+            # (or a full snapshot if it restarted meanwhile: a new epoch).
+            self.epoch = resume.epoch
+            self.annotations.load_snapshot(resume.seq, list(resume.annotations))
+        self._request_sync(self.epoch, self.annotations.seq)
+
+    # -- app-facing -----------------------------------------------------------
+    def poll(self, timeout_s: float = 0.0) -> int:
+        """Handle everything pending (waiting up to ``timeout_s`` for the first)."""
+        now = time.monotonic()
+        wait = min(timeout_s, max(0.0, min(self._next_hb, self._next_time) - now))
+        handled = 0
+        # poll(0) from an app's own event loop skips the extra poll system call.
+        if wait <= 0 or self._poller.poll(math.ceil(wait * 1000)):
+            handled += self._drain_sub()
+            handled += self._drain_dealer()
+        self._timers(time.monotonic())
+        self._flush()
+        return handled
+
+    def wait_for(self, predicate: Callable[[], bool], timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while not predicate():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            self.poll(min(left, 0.02))
+        return True
+
+    def view(self, now_ns: int | None = None) -> PoseView:
+        now = time.monotonic_ns() if now_ns is None else now_ns
+        silence = None if self._last_heard_ns is None else (now - self._last_heard_ns) / 1e6
+        p = self._pose
+        if p is None:
+            return PoseView(False, False, "lost", "nothing heard yet", None, -1, 0.0, 0.0, None, silence)
+        h = p.header
+        now_server = self.clock.to_server(now)
+        age = None if now_server is None else (now_server - h["t_capture_ns"]) / 1e6
+        reason = self._not_live_reason(h, p.T, silence, age)
+        return PoseView(
+            live=not reason,
+            flagged=not reason and h["status"] == "degraded",
+            status=h["status"],
+            reason=reason,
+            T_sensor_model=p.T,
+            seq=h["seq"],
+            fitness=_num(h["fitness"]),
+            rmse_mm=_num(h["rmse_mm"]),
+            age_ms=age,
+            silence_ms=silence,
+            sensor=h["sensor"],
+            sensor_frame_seq=h["sensor_frame_seq"],
+        )
+
+    def _not_live_reason(self, h: dict[str, Any], T: Mat4 | None, silence: float | None, age: float | None) -> str:
+        if h["status"] not in LIVE_STATUSES:
+            return f"status {h['status']}" + (f" ({h['reason']})" if h["reason"] else "")
+        if T is None:
+            return "no transform"
+        if silence is None or silence > self.config.silence_s * 1000:
+            return f"server silent for {silence:.0f} ms" if silence is not None else "server silent"
+        if age is None:
+            return "clock not synchronised"
+        if age > self.config.max_pose_age_s * 1000:
+            return f"pose is {age:.0f} ms old"
+        return ""
+
+    def resume_state(self) -> ResumeState | None:
+        if self.epoch is None or not self.annotations.synced:
+            return None
+        return ResumeState(self.epoch, self.annotations.seq, tuple(self.annotations.state.values()))
+
+    @property
+    def sockets(self) -> tuple[zmq.Socket[Any], zmq.Socket[Any]]:
+        """The SUB and DEALER sockets, to register in an app's own poller (then call ``poll(0)``)."""
+        return self._sub, self._dealer
+
+    def close(self) -> None:
+        """Close at once (linger 0): queued messages are dropped, like a crash."""
+        self._sub.close(linger=0)
+        self._dealer.close(linger=0)
+        if self._own_ctx:
+            self._ctx.term()
+
+    def __enter__(self) -> HeadsetClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- uplink (bounded, oldest dropped) --------------------------------------
+    def send_depth(
+        self,
+        depth: npt.NDArray[np.uint16],
+        T_world_camera: Mat4,
+        intrinsics: tuple[float, float, float, float],
+        depth_unit_mm: float = 1.0,
+        t_capture_ns: int | None = None,
+    ) -> None:
+        arr = np.ascontiguousarray(depth, dtype="<u2")
+        if arr.ndim != 2:
+            msg = f"depth must be 2-D (height, width), got shape {arr.shape!r}"
+            raise ValueError(msg)
+        fx, fy, cx, cy = (float(v) for v in intrinsics)
+        header = {
+            "t_capture_ns": t_capture_ns or time.monotonic_ns(),
+            "width": arr.shape[1],
+            "height": arr.shape[0],
+            "dtype": "uint16",
+            "depth_unit_mm": float(depth_unit_mm),
+            "fx": fx,
+            "fy": fy,
+            "cx": cx,
+            "cy": cy,
+            "T_world_camera": as_transform(T_world_camera, "T_world_camera").reshape(16).tolist(),
+        }
+        self._enqueue_uplink("depth", header, arr.tobytes())
+
+    def send_video(
+        self, data: bytes, width: int, height: int, encoding: str = "rgb8", t_capture_ns: int | None = None
+    ) -> None:
+        header = {
+            "t_capture_ns": t_capture_ns or time.monotonic_ns(),
+            "width": width,
+            "height": height,
+            "encoding": encoding,
+        }
+        self._enqueue_uplink("video", header, bytes(data))
+
+    def send_headset_pose(self, T_world_head: Mat4, t_capture_ns: int | None = None) -> None:
+        T = as_transform(T_world_head, "T_world_head")
+        self._enqueue_uplink("headset_pose", {"t_capture_ns": t_capture_ns or time.monotonic_ns()}, P.pack_mat4(T))
+
+    @property
+    def uplink_pending(self) -> int:
+        """Uplink messages waiting for room in the socket (at most ``uplink_queue``)."""
+        return len(self._uplink)
+
+    def send_raw(self, frames: list[P.Buffer]) -> None:
+        """Send frames as they are (tests, fuzzing)."""
+        self._dealer.send_multipart(frames, flags=zmq.NOBLOCK)
+
+    def _enqueue_uplink(self, topic: str, header: dict[str, Any], payload: bytes) -> None:
+        if len(self._uplink) == self._uplink.maxlen:
+            self.counters.add(f"uplink_dropped:{topic}")
+        self._uplink.append(P.encode(topic, {"seq": self._next_seq(), "t_ns": time.monotonic_ns(), **header}, payload))
+        self._flush()
+
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def _send_ctl(self, topic: str, header: dict[str, Any]) -> None:
+        self._ctl_out.append(P.encode(topic, {"seq": self._next_seq(), "t_ns": time.monotonic_ns(), **header}))
+        self._flush()
+
+    def _flush(self) -> None:
+        # Control first: a heartbeat must not wait behind depth frames.
+        for queue in (self._ctl_out, self._uplink):
+            while queue:
+                try:
+                    self._dealer.send_multipart(queue[0], flags=zmq.NOBLOCK)
+                except zmq.Again:
+                    return
+                queue.popleft()
+
+    # -- timers ----------------------------------------------------------------
+    def _timers(self, now: float) -> None:
+        if now >= self._next_hb:
+            self._next_hb = now + self.config.hb_interval_s
+            best = self.clock.best
+            self._send_ctl(
+                "hb",
+                {
+                    "ann_seq": self.annotations.seq,
+                    "pose_seq": -1 if self._pose is None else self._pose.header["seq"],
+                    "model_sha256": self.model_sha256,
+                    "offset_ns": 0 if best is None else best.offset_ns,
+                    "rtt_ns": -1 if best is None else best.rtt_ns,
+                },
+            )
+        if now >= self._next_time:
+            # Sample fast until synced, then at the steady rate.
+            self._next_time = now + (self.config.time_interval_s if self.clock.synced else 0.05)
+            self._send_ctl("time_req", {})
+        if self._sync_sent is not None and now - self._sync_sent > self.config.request_timeout_s:
+            self._request_sync(self.epoch, self.annotations.seq)
+        if self._fetch is not None:
+            self._pump_model(now)
+
+    def _request_sync(self, epoch: str | None, since: int) -> None:
+        self._sync_sent = time.monotonic()
+        self._send_ctl("sync", {"epoch": epoch, "since": since})
+
+    # -- inbound ---------------------------------------------------------------
+    def _recv_all(self, sock: zmq.Socket[Any], copy: bool) -> list[tuple[list[Any], int]]:
+        out: list[tuple[list[Any], int]] = []
+        # Checking EVENTS is much cheaper than provoking zmq.Again on an empty socket.
+        while int(sock.getsockopt(_EVENTS)) & _POLLIN:
+            out.append((sock.recv_multipart(flags=_NOBLOCK, copy=copy), time.monotonic_ns()))
+        return out
+
+    def _decode(self, frames: list[Any], allowed: frozenset[str]) -> P.Message | None:
+        try:
+            return P.decode(list(frames), allowed=allowed)
+        except P.ProtocolError as exc:
+            self.counters.add("malformed")
+            log.warning("dropped malformed server message: %s", exc)
+            return None
+
+    def _drain_sub(self) -> int:
+        batch = self._recv_all(self._sub, copy=True)  # small messages: copying is cheaper
+        newest: tuple[P.Message, int] | None = None
+        for frames, t_recv in batch:
+            msg = self._decode(frames, P.SERVER_TOPICS)
+            if msg is None:
+                continue
+            self._heard(t_recv)
+            if msg.topic == "ann":
+                self._on_ann(msg)
+                continue
+            if not msg.header["repeat"]:
+                self._log_pose(msg, t_recv)
+            if newest is not None:
+                self.counters.add("pose_skipped")
+            newest = (msg, t_recv)  # only the newest pose is applied; a backlog is skipped
+        if newest is not None:
+            self._on_pose(*newest)
+        return len(batch)
+
+    def _log_pose(self, msg: P.Message, t_recv: int) -> None:
+        h = msg.header
+        offset = self.clock.best.offset_ns if self.clock.best else 0
+        self.pose_log.append(PoseReceipt(h["seq"], h["t_capture_ns"], h["t_ns"], t_recv, offset))
+
+    def _heard(self, t_ns: int) -> None:
+        self._last_heard_ns = t_ns
+
+    def _on_pose(self, msg: P.Message, t_recv: int) -> None:
+        h = msg.header
+        T = P.unpack_mat4(msg.payload, "T_sensor_model") if len(msg.payload) else None
+        self._pose = _Pose(h, T, t_recv)
+        if self.epoch != h["epoch"]:
+            if self.epoch is not None:
+                log.warning("server restarted (epoch %s -> %s): resynchronising", self.epoch, h["epoch"])
+                self.annotations.reset()
+            self.epoch = h["epoch"]
+            if self._sync_sent is None and not self.annotations.synced:
+                self._request_sync(None, -1)
+        if self.annotations.synced and h["ann_seq"] > self.annotations.seq and self._sync_sent is None:
+            self._request_sync(self.epoch, self.annotations.seq)  # missed the tail: PUB dropped or joined late
+        self._check_model(h["model"])
+
+    def _on_ann(self, msg: P.Message) -> None:
+        if msg.header["epoch"] != self.epoch:
+            return  # from before a restart, or before the first keepalive told us the epoch
+        try:
+            op = AnnotationOp.from_json(P.json_payload(msg.payload, "ann"))
+        except ValueError as exc:
+            self.counters.add("malformed")
+            log.warning("dropped malformed annotation: %s", exc)
+            return
+        self._offer(op)
+
+    def _offer(self, op: AnnotationOp) -> None:
+        if self.annotations.offer(op) and self.on_annotation is not None:
+            self.on_annotation(op)
+        if self.annotations.gap and self._sync_sent is None:
+            self._request_sync(self.epoch, self.annotations.seq)
+
+    def _drain_dealer(self) -> int:
+        batch = self._recv_all(self._dealer, copy=False)  # model chunks: no copy
+        for frames, t_recv in batch:
+            msg = self._decode(frames, P.REPLY_TYPES)
+            if msg is None:
+                continue
+            try:
+                self._on_reply(msg, t_recv)
+            except ValueError as exc:  # includes ProtocolError
+                self.counters.add("malformed")
+                log.warning("dropped malformed %s reply: %s", msg.topic, exc)
+        return len(batch)
+
+    def _on_reply(self, msg: P.Message, t3: int) -> None:
+        h = msg.header
+        if msg.topic == "time_rep":
+            self.clock.add(sample(h["t0_ns"], h["t1_ns"], h["t2_ns"], t3))
+        elif msg.topic == "snapshot":
+            anns = P.json_payload(msg.payload, "snapshot")
+            if not isinstance(anns, list):
+                raise P.ProtocolError("bad_payload", f"snapshot payload must be a list, got {anns!r:.80}")
+            parsed = [Annotation.from_json(a) for a in anns]  # all or nothing: parse before touching state
+            self.epoch = h["epoch"]
+            self.annotations.load_snapshot(h["seq"], parsed)
+            self._sync_sent = None
+        elif msg.topic == "ann_batch":
+            ops = P.json_payload(msg.payload, "ann_batch")
+            if not isinstance(ops, list):
+                raise P.ProtocolError("bad_payload", f"ann_batch payload must be a list, got {ops!r:.80}")
+            parsed_ops = [AnnotationOp.from_json(raw) for raw in ops]
+            self._sync_sent = None
+            for op in parsed_ops:
+                self._offer(op)
+        elif msg.topic == "model_chunk":
+            self._on_chunk(msg)
+        elif msg.topic == "error":
+            log.warning("server error %s: %s", h["code"], h["detail"])
+            if h["code"] == "model_changed":
+                self._fetch = None
+
+    # -- model -------------------------------------------------------------------
+    def _check_model(self, raw: dict[str, Any] | None) -> None:
+        if raw is None or (raw.get("sha256") == self.model_sha256 and self._fetch is None):
+            return  # the common case, kept cheap: nothing changed
+        try:
+            info = ModelInfo(str(raw["sha256"]), int(raw["size"]), int(raw["chunk_size"]))
+        except (KeyError, TypeError, ValueError):
+            self.counters.add("malformed")
+            return
+        if info.sha256 == self.model_sha256 or (self._fetch is not None and self._fetch.info == info):
+            return
+        if info.size < 0 or info.chunk_size <= 0:
+            self.counters.add("malformed")
+            return
+        self._fetch = _ModelFetch(info)
+        self._pump_model(time.monotonic())
+
+    def _pump_model(self, now: float) -> None:
+        f = self._fetch
+        assert f is not None
+        for index, sent in list(f.in_flight.items()):
+            if now - sent > self.config.request_timeout_s:
+                f.in_flight[index] = now
+                self._send_ctl("model_get", {"sha256": f.info.sha256, "index": index})
+        while len(f.in_flight) < self.config.model_credit and f.next_index < f.info.chunks:
+            f.in_flight[f.next_index] = now
+            self._send_ctl("model_get", {"sha256": f.info.sha256, "index": f.next_index})
+            f.next_index += 1
+
+    def _on_chunk(self, msg: P.Message) -> None:
+        f, h = self._fetch, msg.header
+        if f is None or h["sha256"] != f.info.sha256 or h["index"] not in f.in_flight:
+            return  # late duplicate or from an abandoned fetch
+        del f.in_flight[h["index"]]
+        f.chunks[h["index"]] = bytes(msg.payload)
+        if len(f.chunks) == f.info.chunks:
+            data = b"".join(f.chunks[i] for i in range(f.info.chunks))
+            self._fetch = None
+            if hashlib.sha256(data).hexdigest() != f.info.sha256 or len(data) != f.info.size:
+                self.counters.add("model_hash_mismatch")
+                log.warning("model %s failed its hash check; refetching", f.info.sha256[:12])
+                return
+            self.model, self.model_sha256 = data, f.info.sha256
+            log.info("model %s (%d bytes) received", f.info.sha256[:12], f.info.size)
+        else:
+            self._pump_model(time.monotonic())
+
+
+def _num(value: float | None) -> float:
+    return float("nan") if value is None else float(value)

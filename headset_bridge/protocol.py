@@ -1,0 +1,291 @@
+"""Wire format: every message is three ZeroMQ frames ``[topic, header, payload]``.
+
+* topic: ASCII message type (PUB/SUB filters on it),
+* header: UTF-8 JSON object with ``v`` (protocol version), ``type`` (== topic),
+  ``seq`` and ``t_ns`` plus per-type fields (see :data:`SCHEMAS`),
+* payload: raw bytes (little-endian binary or UTF-8 JSON, per type), maybe empty.
+
+``decode`` never trusts the peer: anything off raises :class:`ProtocolError`
+whose message quotes the bad value, so the caller can count and drop it.
+docs/headset-protocol.md is the normative description.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+import numpy as np
+
+from headset_bridge.messages import STATUSES, Mat4, as_transform
+
+PROTOCOL_VERSION: Final = 1
+MAX_HEADER_BYTES: Final = 64 * 1024
+MAT4_BYTES: Final = 128  # 16 little-endian float64, row-major
+_MAT4 = struct.Struct("<16d")
+
+Buffer = bytes | memoryview
+
+INT = "int"
+NUM = "num"
+NUM_OR_NULL = "num?"  # null = not finite (e.g. the rmse of a lost pose)
+STR = "str"
+BOOL = "bool"
+OBJ_OR_NULL = "obj?"
+STR_OR_NULL = "str?"
+MAT = "mat4"  # list of 16 finite numbers
+
+# Required header fields per message type, beyond v, type, seq, t_ns.
+SCHEMAS: Final[dict[str, dict[str, str]]] = {
+    # server -> headset, PUB
+    "pose": {
+        "t_capture_ns": INT,
+        "status": STR,
+        "reason": STR,
+        "fitness": NUM_OR_NULL,
+        "rmse_mm": NUM_OR_NULL,
+        "repeat": BOOL,
+        "epoch": STR,
+        "ann_seq": INT,
+        "model": OBJ_OR_NULL,
+        "sensor": STR,
+        "sensor_frame_seq": INT,
+    },
+    "ann": {"op": STR, "id": STR, "epoch": STR},
+    # server -> headset, ROUTER replies
+    "snapshot": {"epoch": STR, "count": INT},
+    "ann_batch": {"epoch": STR, "from_seq": INT, "to_seq": INT},
+    "time_rep": {"t0_ns": INT, "t1_ns": INT, "t2_ns": INT},
+    "model_chunk": {"sha256": STR, "index": INT, "count": INT, "size": INT, "chunk_size": INT},
+    "error": {"code": STR, "detail": STR},
+    # headset -> server, DEALER
+    "sync": {"epoch": STR_OR_NULL, "since": INT},
+    "hb": {"ann_seq": INT, "pose_seq": INT, "model_sha256": STR_OR_NULL, "offset_ns": INT, "rtt_ns": INT},
+    "time_req": {},
+    "model_get": {"sha256": STR, "index": INT},
+    "depth": {
+        "t_capture_ns": INT,
+        "width": INT,
+        "height": INT,
+        "dtype": STR,
+        "depth_unit_mm": NUM,
+        "fx": NUM,
+        "fy": NUM,
+        "cx": NUM,
+        "cy": NUM,
+        "T_world_camera": MAT,
+    },
+    "video": {"t_capture_ns": INT, "width": INT, "height": INT, "encoding": STR},
+    "headset_pose": {"t_capture_ns": INT},
+}
+
+SERVER_TOPICS: Final = frozenset({"pose", "ann"})
+REPLY_TYPES: Final = frozenset({"snapshot", "ann_batch", "time_rep", "model_chunk", "error"})
+UPLINK_TYPES: Final = frozenset({"sync", "hb", "time_req", "model_get", "depth", "video", "headset_pose"})
+
+
+class ProtocolError(ValueError):
+    """A message that does not follow the protocol; ``reason`` is a short counter key."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Message:
+    topic: str
+    header: dict[str, Any]
+    payload: Buffer
+
+
+def encode(topic: str, header: dict[str, Any], payload: Buffer = b"") -> list[Buffer]:
+    """Frames for one message; ``header`` gains ``v`` and ``type``."""
+    full = {"v": PROTOCOL_VERSION, "type": topic, **header}
+    body = json.dumps(full, separators=(",", ":"), allow_nan=False).encode()
+    return [topic.encode("ascii"), body, payload]
+
+
+def decode(frames: list[Any], allowed: frozenset[str] | None = None) -> Message:
+    """Parse and validate frames (bytes, memoryview or zmq.Frame)."""
+    if len(frames) != 3:
+        raise ProtocolError("frame_count", f"expected 3 frames [topic, header, payload], got {len(frames)!r}")
+    topic_raw, header_raw, payload = (_buffer(f) for f in frames)
+    topic = _topic(topic_raw, allowed)
+    header = _header(header_raw, topic)
+    _check_fields(header, topic)
+    _check_payload(topic, header, payload)
+    return Message(topic, header, payload)
+
+
+def _buffer(frame: Any) -> Buffer:
+    if isinstance(frame, (bytes, memoryview)):
+        return frame
+    buf = getattr(frame, "buffer", None)  # zmq.Frame: zero-copy view
+    if isinstance(buf, memoryview):
+        return buf
+    raise ProtocolError("frame_type", f"frame must be bytes-like, got {type(frame).__name__!r}")
+
+
+def _topic(raw: Buffer, allowed: frozenset[str] | None) -> str:
+    raw_b = bytes(raw[:64])
+    try:
+        topic = raw_b.decode("ascii")
+    except UnicodeDecodeError:
+        raise ProtocolError("bad_topic", f"topic must be ASCII, got {raw_b!r}") from None
+    if topic not in SCHEMAS or (allowed is not None and topic not in allowed) or len(raw) > 64:
+        raise ProtocolError("bad_topic", f"unknown or unexpected topic, got {raw_b!r}")
+    return topic
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"non-finite number {name!r}")
+
+
+def _header(raw: Buffer, topic: str) -> dict[str, Any]:
+    if len(raw) > MAX_HEADER_BYTES:
+        raise ProtocolError("bad_header", f"header over {MAX_HEADER_BYTES} bytes, got {len(raw)!r}")
+    try:
+        header = json.loads(bytes(raw).decode("utf-8"), parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:
+        raise ProtocolError("bad_header", f"header is not JSON ({exc}), got {bytes(raw[:200])!r}") from None
+    if not isinstance(header, dict):
+        raise ProtocolError("bad_header", f"header must be a JSON object, got {header!r:.200}")
+    if header.get("v") != PROTOCOL_VERSION:
+        raise ProtocolError("bad_version", f"header v must be {PROTOCOL_VERSION}, got {header.get('v')!r:.80}")
+    if header.get("type") != topic:
+        raise ProtocolError("bad_header", f"header type must equal topic {topic!r}, got {header.get('type')!r:.80}")
+    return header
+
+
+def _check_fields(header: dict[str, Any], topic: str) -> None:
+    for name, kind, check in _CHECKS[topic]:
+        value = header.get(name, _MISSING)
+        if value is _MISSING:
+            raise ProtocolError("bad_header", f"{topic} header lacks {name!r}, got keys {sorted(header)!r:.200}")
+        if not check(value):
+            raise ProtocolError("bad_field", f"{topic}.{name} must be {kind}, got {value!r:.200}")
+    if header["seq"] < 0 or header["t_ns"] < 0:
+        raise ProtocolError(
+            "bad_field", f"{topic} seq and t_ns must be >= 0, got {header['seq']!r}, {header['t_ns']!r}"
+        )
+    if topic == "pose" and header["status"] not in STATUSES:
+        raise ProtocolError("bad_field", f"pose.status must be one of {STATUSES}, got {header['status']!r:.80}")
+
+
+def _is_kind(value: Any, kind: str) -> bool:
+    if kind == INT:
+        return isinstance(value, int) and not isinstance(value, bool) and -(2**63) <= value < 2**63
+    if kind == NUM:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if kind == NUM_OR_NULL:
+        return value is None or _is_kind(value, NUM)
+    if kind == STR:
+        return isinstance(value, str)
+    if kind == BOOL:
+        return isinstance(value, bool)
+    if kind == OBJ_OR_NULL:
+        return value is None or isinstance(value, dict)
+    if kind == STR_OR_NULL:
+        return value is None or isinstance(value, str)
+    if kind == MAT:
+        return isinstance(value, list) and len(value) == 16 and all(_is_kind(v, NUM) for v in value)
+    raise AssertionError(kind)
+
+
+_MISSING = object()
+
+
+def _checker(kind: str) -> Callable[[Any], bool]:
+    # Fast paths for the hot types (exact type checks: bool is not an int here).
+    if kind == INT:
+        return lambda v: type(v) is int and -(2**63) <= v < 2**63
+    if kind == STR:
+        return lambda v: type(v) is str
+    if kind == BOOL:
+        return lambda v: type(v) is bool
+    return lambda v: _is_kind(v, kind)
+
+
+_CHECKS: Final[dict[str, list[tuple[str, str, Callable[[Any], bool]]]]] = {
+    topic: [(n, k, _checker(k)) for n, k in {"seq": INT, "t_ns": INT, **fields}.items()]
+    for topic, fields in SCHEMAS.items()
+}
+
+
+def _check_payload(topic: str, header: dict[str, Any], payload: Buffer) -> None:
+    n = len(payload)
+    expected: tuple[int, ...] | None = None
+    if topic == "pose":
+        expected = (0, MAT4_BYTES)
+    elif topic == "headset_pose":
+        expected = (MAT4_BYTES,)
+    elif topic == "depth":
+        expected = (_depth_bytes(header),)
+    elif topic == "video":
+        expected = _video_bytes(header)
+    if expected is not None and n not in expected:
+        raise ProtocolError("bad_payload", f"{topic} payload must be {expected} bytes, got {n!r}")
+
+
+def _depth_bytes(header: dict[str, Any]) -> int:
+    w, h = header["width"], header["height"]
+    if not (0 < w <= 8192 and 0 < h <= 8192) or header["dtype"] != "uint16":
+        raise ProtocolError(
+            "bad_field", f"depth must be uint16 with 0 < width, height <= 8192, got {w!r}x{h!r} {header['dtype']!r:.40}"
+        )
+    if header["depth_unit_mm"] <= 0:
+        raise ProtocolError("bad_field", f"depth_unit_mm must be > 0, got {header['depth_unit_mm']!r}")
+    return int(w * h * 2)
+
+
+def _video_bytes(header: dict[str, Any]) -> tuple[int, ...] | None:
+    w, h, enc = header["width"], header["height"], header["encoding"]
+    if not (0 < w <= 8192 and 0 < h <= 8192):
+        raise ProtocolError("bad_field", f"video size must be within 1..8192, got {w!r}x{h!r}")
+    if enc == "rgb8":
+        return (int(w * h * 3),)
+    if enc == "jpeg":
+        return None
+    raise ProtocolError("bad_field", f"video encoding must be 'rgb8' or 'jpeg', got {enc!r:.40}")
+
+
+def pack_mat4(T: Mat4) -> bytes:
+    return _MAT4.pack(*np.asarray(T, dtype=np.float64).reshape(16))
+
+
+def unpack_mat4(payload: Buffer, name: str = "transform") -> Mat4:
+    if len(payload) != MAT4_BYTES:
+        raise ProtocolError("bad_payload", f"{name} needs {MAT4_BYTES} bytes, got {len(payload)!r}")
+    T = np.frombuffer(payload, dtype="<f8").reshape(4, 4).astype(np.float64)  # a copy, native order
+    if not math.isfinite(float(T.sum())):  # any NaN/inf makes the sum non-finite (or overflows: also refused)
+        raise ProtocolError("bad_payload", f"{name} must be finite, got {T.tolist()!r}")
+    return T
+
+
+def mat4_from_list(values: list[float], name: str) -> Mat4:
+    try:
+        return as_transform(np.asarray(values, dtype=np.float64).reshape(4, 4), name)
+    except ValueError as exc:
+        raise ProtocolError("bad_field", str(exc)) from None
+
+
+def json_payload(payload: Buffer, topic: str) -> Any:
+    try:
+        return json.loads(bytes(payload).decode("utf-8"), parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:
+        raise ProtocolError(
+            "bad_payload", f"{topic} payload is not JSON ({exc}), got {bytes(payload[:200])!r}"
+        ) from None
+
+
+def finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def json_bytes(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), allow_nan=False).encode()

@@ -1,0 +1,96 @@
+"""Depth frames: pinhole intrinsics, validity filtering and back-projection to points."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from registration.frames import F64
+
+# HoloLens 2 AHAT-like articulated-hand-tracking depth camera: 512x512, ~45 Hz, wide FOV.
+AHAT_WIDTH = 512
+AHAT_HEIGHT = 512
+AHAT_FOCAL_PX = 256.0  # about 90 degrees field of view
+AHAT_RATE_HZ = 45.0
+AHAT_MAX_RANGE_MM = 1000.0  # AHAT aliases beyond ~1 m
+
+
+@dataclass(frozen=True)
+class PinholeIntrinsics:
+    width: int
+    height: int
+    fx: float
+    fy: float
+    cx: float
+    cy: float
+
+    @classmethod
+    def ahat(cls) -> PinholeIntrinsics:
+        return cls(
+            AHAT_WIDTH,
+            AHAT_HEIGHT,
+            AHAT_FOCAL_PX,
+            AHAT_FOCAL_PX,
+            (AHAT_WIDTH - 1) / 2,
+            (AHAT_HEIGHT - 1) / 2,
+        )
+
+    def matrix(self) -> F64:
+        return np.array([[self.fx, 0, self.cx], [0, self.fy, self.cy], [0, 0, 1.0]])
+
+
+@dataclass(frozen=True)
+class DepthFrame:
+    """A depth image (H, W) with its pinhole intrinsics. ``depth_unit_mm`` converts the
+    stored values to millimetres (1.0 for mm uint16, 1000.0 for metres float).
+    Values that are NaN, zero, negative or outside [min_mm, max_mm] are invalid."""
+
+    depth: NDArray[np.generic]
+    intrinsics: PinholeIntrinsics
+    depth_unit_mm: float = 1.0
+    min_mm: float = 100.0
+    max_mm: float = AHAT_MAX_RANGE_MM
+
+
+_RAY_CACHE: dict[tuple[int, int, float, float, float, float, int], F64] = {}
+
+
+def _rays(K: PinholeIntrinsics, stride: int) -> F64:
+    """(rows, cols, 3) rays (x/z, y/z, 1) of the strided pixel grid, cached per intrinsics,
+    so that depth * ray is the point."""
+    key = (K.width, K.height, K.fx, K.fy, K.cx, K.cy, stride)
+    if key not in _RAY_CACHE:
+        v, u = np.mgrid[0 : K.height : stride, 0 : K.width : stride].astype(np.float64)
+        _RAY_CACHE[key] = np.stack([(u - K.cx) / K.fx, (v - K.cy) / K.fy, np.ones_like(u)], -1)
+    return _RAY_CACHE[key]
+
+
+def depth_to_points(frame: DepthFrame, stride: int = 1, roi: tuple[int, int, int, int] | None = None) -> F64:
+    """Back-project valid pixels of every ``stride``-th row and column to (N, 3) sensor mm.
+
+    ``roi`` = (u0, v0, u1, v1) restricts to a pixel box (the tracker passes the predicted
+    projection of the model, so the background is never converted)."""
+    depth = np.asarray(frame.depth)
+    K = frame.intrinsics
+    if depth.shape != (K.height, K.width):
+        msg = f"depth shape must match intrinsics {(K.height, K.width)}, got {depth.shape}"
+        raise ValueError(msg)
+    if stride < 1:
+        msg = f"stride must be >= 1, got {stride}"
+        raise ValueError(msg)
+    rays = _rays(K, stride)
+    if roi is None:
+        r0, r1, c0, c1 = 0, rays.shape[0], 0, rays.shape[1]
+    else:
+        u0, v0, u1, v1 = roi
+        r0, r1 = -(-max(v0, 0) // stride), -(-min(v1, K.height) // stride)
+        c0, c1 = -(-max(u0, 0) // stride), -(-min(u1, K.width) // stride)
+        if r1 <= r0 or c1 <= c0:
+            return np.zeros((0, 3))
+    sub = depth[r0 * stride : r1 * stride : stride, c0 * stride : c1 * stride : stride]
+    z = sub.reshape(-1).astype(np.float64) * frame.depth_unit_mm
+    # NaN compares false, so this one test drops NaN, zero and out-of-range values.
+    valid = (z >= frame.min_mm) & (z <= frame.max_mm)
+    return rays[r0:r1, c0:c1].reshape(-1, 3)[valid] * z[valid, None]

@@ -1,0 +1,443 @@
+"""Initial alignment: paired-point from landmarks, or markerless from surface points.
+
+Markerless alignment generates many pose hypotheses, refines each with the robust
+point-to-plane ICP and keeps the one with the lowest truncated residual; a second,
+clearly different pose that fits almost as well makes the result ``degraded``
+(ambiguous, typically a near-symmetric face seen from little overlap).
+
+Hypotheses come from two independent sources:
+* FPFH features with Open3D RANSAC (three seeds) and FGR, for dense depth;
+* an anchor sweep that works for sparse pointer data too: the points' mean normal is
+  mapped onto the normal of each of a few hundred model surface anchors, spun about it
+  in 15 degree steps, and all ~20k poses are scored at once against the model's
+  nearest-vertex grid (a vectorised gather, no search).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from registration.estimate import Estimate, Status, lost
+from registration.frames import F64, invert, skew, transform_points
+from registration.icp import IcpResult, covariance_about_origin, normalised_condition, point_to_plane
+from registration.model import SurfaceModel
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AlignmentConfig:
+    voxel_mm: float = 6.0  # FPFH scale
+    dense_min_points: int = 5000  # fewer points than this: sparse (pointer) workflow
+    anchor_spacing_mm: float = 12.0
+    spin_steps: int = 24
+    coarse_points: int = 48
+    coarse_trunc_mm: float = 15.0
+    coarse_keep: int = 96
+    patch_radius_mm: float = 55.0
+    patches: int = 1
+    top_k: int = 8
+    final_k: int = 3
+    scan_voxel_mm: float = 2.0  # dense scans are thinned to this first
+    use_sweep: bool = True  # on dense scans too (sparse input always uses it)
+    use_fgr: bool = True
+    ransac_seeds: tuple[int, ...] = (0,)
+    ransac_iterations: int = 10000
+    refine_points: int = 3000
+    final_gate_mm: float = 3.0  # the last ICP iterations only trust points this close
+    trunc_mm: float = 5.0  # truncation of the verification cost
+    inlier_mm: float = 5.0
+    min_fitness: float = 0.6
+    max_rmse_mm: float = 3.5
+    max_condition: float = 200.0
+    min_correspondences: int = 30
+    ambiguity_ratio: float = 1.25  # second distinct pose within this cost ratio: ambiguous
+    distinct_mm: float = 6.0
+    max_fre_mm: float = 3.0
+    seed: int = 0
+
+
+Landmarks = Mapping[str, object] | tuple[object, object]
+
+
+def initial_alignment(
+    model: SurfaceModel,
+    points_mm: object,
+    landmarks: Landmarks | None = None,
+    config: AlignmentConfig | None = None,
+) -> Estimate:
+    """Register ``model`` to sensor points (N, 3) in mm; returns an Estimate whose
+    ``T_sensor_model`` maps model mm into the points' frame.
+
+    ``landmarks`` switches to paired-point registration: either a mapping from model
+    landmark names (``model.fiducials``/``targets``) to measured sensor positions, or a
+    tuple ``(model_points (K,3), sensor_points (K,3))`` with K >= 3. FRE is reported.
+    """
+    cfg = config or AlignmentConfig()
+    t0 = time.perf_counter()
+    pts = _clean(points_mm)
+    if landmarks is not None:
+        return paired_point(model, landmarks, cfg, t0)
+    if len(pts) < cfg.min_correspondences:
+        return lost(_ms(t0), f"too few valid points ({len(pts)})")
+    rng = np.random.default_rng(cfg.seed)
+    dense = len(pts) >= cfg.dense_min_points
+    if dense:  # a scan also holds holder, table and room: keep a head-sized crop
+        pts = _crop_to_model_size(model, _voxel_thin(pts, cfg.scan_voxel_mm))
+    hyps = []
+    if cfg.use_sweep or not dense:
+        for patch in _patches(pts, cfg, rng):
+            hyps += _sweep_hypotheses(model, patch, cfg, rng)
+    if dense:
+        hyps += _feature_hypotheses(model, pts, cfg)
+    return _verify(model, pts, hyps, cfg, rng, t0)
+
+
+# ---------------------------------------------------------------- paired point
+def paired_point(model: SurfaceModel, landmarks: Landmarks, cfg: AlignmentConfig, t0: float) -> Estimate:
+    """Least-squares rigid fit of landmark pairs (Arun/Umeyama without scale)."""
+    X, Y = _pairs(model, landmarks)
+    if len(X) < 3:
+        msg = f"paired-point registration needs >= 3 landmark pairs, got {len(X)}"
+        raise ValueError(msg)
+    T = _kabsch(X, Y)  # T_sensor_model
+    resid = np.linalg.norm(transform_points(T, X) - Y, axis=1)
+    fre = float(np.sqrt(np.mean(resid**2)))
+    # Fitzpatrick: FLE^2 ~ FRE^2 N / (N - 2); covariance of the point-to-point fit.
+    n = len(X)
+    fle2 = fre**2 * n / (n - 2) if n > 3 else max(fre**2, 1.0)
+    J = np.vstack([np.hstack([-skew(x), np.eye(3)]) for x in X])
+    info = J.T @ J
+    cond = normalised_condition(info, float(np.sqrt(np.mean(np.sum((X - X.mean(0)) ** 2, 1)))))
+    cov = fle2 * np.linalg.pinv(info) if np.isfinite(cond) else np.full((6, 6), np.inf)
+    reasons = []
+    if n == 3:
+        reasons.append("only 3 pairs: FRE cannot reveal a swapped or mislocated landmark")
+    if fre > cfg.max_fre_mm:
+        reasons.append(f"high FRE ({fre:.2f} mm)")
+    if not cond < 1e4:
+        reasons.append(f"landmarks nearly collinear (condition {cond:.0f})")
+    status = Status.DEGRADED if reasons else Status.TRACKING
+    return Estimate(T, status, 1.0, fre, n, _ms(t0), cov, tuple(reasons), fre_mm=fre, condition=cond)
+
+
+def _pairs(model: SurfaceModel, landmarks: Landmarks) -> tuple[F64, F64]:
+    if isinstance(landmarks, tuple):
+        X = np.asarray(landmarks[0], dtype=np.float64)
+        Y = np.asarray(landmarks[1], dtype=np.float64)
+    else:
+        names = list(landmarks)
+        X = np.array([model.target(k) for k in names], dtype=np.float64).reshape(-1, 3)
+        Y = np.array([landmarks[k] for k in names], dtype=np.float64).reshape(-1, 3)
+    if X.shape != Y.shape or X.ndim != 2 or X.shape[1] != 3:
+        msg = f"landmark pairs must be two (K, 3) arrays, got {X.shape} and {Y.shape}"
+        raise ValueError(msg)
+    return X, Y
+
+
+def _kabsch(X: F64, Y: F64) -> F64:
+    """T minimising sum |T x_i - y_i|^2 (proper rotation)."""
+    cx, cy = X.mean(0), Y.mean(0)
+    U, _, Vt = np.linalg.svd((X - cx).T @ (Y - cy))
+    D = np.diag([1.0, 1.0, np.sign(np.linalg.det(Vt.T @ U.T))])
+    R = Vt.T @ D @ U.T
+    T = np.eye(4)
+    T[:3, :3] = R
+    T[:3, 3] = cy - R @ cx
+    return T
+
+
+# ---------------------------------------------------------------- hypotheses
+def _voxel_thin(pts: F64, voxel_mm: float) -> F64:
+    """One point per occupied voxel (the first), a cheap uniform thinning."""
+    _, first = np.unique(np.floor(pts / voxel_mm).astype(np.int64), axis=0, return_index=True)
+    return pts[np.sort(first)]
+
+
+def _crop_to_model_size(model: SurfaceModel, pts: F64) -> F64:
+    """Drop clutter that cannot be the patient: points farther from the scan's robust
+    centre (median, iterated once on the kept points) than half the model's extent."""
+    keep = pts
+    for _ in range(2):
+        c = np.median(keep, axis=0)
+        keep = pts[np.linalg.norm(pts - c, axis=1) < 0.5 * model.extent_mm]
+        if len(keep) < 100:
+            return pts
+    return keep
+
+
+def _patches(pts: F64, cfg: AlignmentConfig, rng: np.random.Generator) -> list[F64]:
+    """The whole point set when it is patch-sized (pointer data), else a few balls of
+    ``patch_radius_mm``: a dense scan mixes face, scalp, holder and clutter, whose
+    mean normal means nothing, while a ball on the face is a clean patch."""
+    c = np.median(pts, axis=0)
+    if np.sqrt(np.mean(np.sum((pts - c) ** 2, axis=1))) <= cfg.patch_radius_mm:
+        return [pts]
+    order = np.argsort(np.linalg.norm(pts - c, axis=1))
+    centres = [pts[order[0]]] + [pts[i] for i in rng.choice(len(pts), 4 * cfg.patches)]
+    out: list[F64] = []
+    for centre in centres:
+        ball = pts[np.linalg.norm(pts - centre, axis=1) < cfg.patch_radius_mm]
+        if len(ball) >= 50 and all(np.linalg.norm(b.mean(0) - ball.mean(0)) > 30.0 for b in out):
+            out.append(ball)
+        if len(out) >= cfg.patches:
+            break
+    return out or [pts]
+
+
+def _sweep_hypotheses(model: SurfaceModel, pts: F64, cfg: AlignmentConfig, rng: np.random.Generator) -> list[F64]:
+    """Anchor/normal/spin sweep scored in one vectorised pass. Returns T_model_sensor."""
+    c = pts.mean(0)
+    evals, evecs = np.linalg.eigh(np.cov((pts - c).T))
+    n_s = evecs[:, 0]
+    sub = pts[rng.choice(len(pts), min(cfg.coarse_points, len(pts)), replace=False)] - c
+    radius = float(np.sqrt(np.mean(np.sum((pts - c) ** 2, axis=1))))
+    anchors, normals = _smoothed_anchors(model, cfg.anchor_spacing_mm, radius)
+    spins = np.linspace(0.0, 2 * np.pi, cfg.spin_steps, endpoint=False)
+    Rs, ts = [], []
+    for sign in _normal_signs(pts, c, n_s):
+        h = sign * (pts - c) @ n_s
+        sag = float(np.percentile(h, 90))  # the surface lies above the patch centroid
+        R0 = _rotations_onto(sign * n_s, normals)  # (A, 3, 3)
+        for th in spins:
+            Rz = _axis_angle(normals, th)  # spin about each anchor normal
+            R = Rz @ R0
+            Rs.append(R)
+            ts.append(anchors - sag * normals)
+    R_all = np.concatenate(Rs)
+    t_all = np.concatenate(ts)
+    cost = _coarse_cost(model, sub, R_all, t_all, min(cfg.coarse_trunc_mm, model.band_mm))
+    # The coarse score only has to keep the right basin among the best few hundred; a
+    # short ICP on each then separates a face from a smooth patch of skull.
+    short = pts[rng.choice(len(pts), min(64, len(pts)), replace=False)]
+    refined = []
+    for i in np.argsort(cost)[: cfg.coarse_keep]:
+        T = np.eye(4)
+        T[:3, :3] = R_all[i]
+        T[:3, 3] = t_all[i] - R_all[i] @ c
+        res = point_to_plane(model, short, T, max_corr_mm=15.0, min_corr_mm=5.0, iterations=5,
+                             min_points=8)  # fmt: skip
+        refined.append((_trunc_cost(model, res.T_model_sensor, short, cfg.trunc_mm), res.T_model_sensor))
+    refined.sort(key=lambda r: r[0])
+    picked: list[F64] = []
+    for _, T in refined:
+        if all(not _same_pose(T, P, model.centroid, cfg.distinct_mm) for P in picked):
+            picked.append(T)
+        if len(picked) >= cfg.top_k:
+            break
+    return picked
+
+
+def _normal_signs(pts: F64, c: F64, n: F64) -> tuple[float, ...]:
+    """Outward sign(s) of the patch normal. Skin patches are convex (nose, brow, cheeks
+    rise above the rim), so height falls with distance from the axis; when the trend is
+    weak both signs are tried."""
+    d = pts - c
+    h = d @ n
+    rho2 = np.einsum("ij,ij->i", d, d) - h * h
+    corr = float(np.corrcoef(h, rho2)[0, 1]) if len(pts) > 3 and np.std(h) > 0 else 0.0
+    if corr < -0.3:
+        return (1.0,)
+    if corr > 0.3:
+        return (-1.0,)
+    return (1.0, -1.0)
+
+
+def _smoothed_anchors(model: SurfaceModel, spacing: float, radius: float) -> tuple[F64, F64]:
+    """Anchors with normals averaged over the scene patch's radius: the patch's mean
+    normal is compared with the model's mean normal over a patch of the same size,
+    not with the normal of one vertex (which on a nose points anywhere)."""
+    from scipy.spatial import cKDTree
+
+    anchors, _ = model.anchors(spacing)
+    fine, fine_n = model.anchors(spacing / 2.0)
+    groups = cKDTree(fine).query_ball_point(anchors, r=radius)
+    normals = np.array([fine_n[g].sum(axis=0) for g in groups])
+    norm = np.linalg.norm(normals, axis=1)
+    keep = norm > 0.3 * np.array([len(g) for g in groups])  # skip incoherent patches
+    return anchors[keep], normals[keep] / norm[keep, None]
+
+
+def _coarse_cost(model: SurfaceModel, sub: F64, R: F64, t: F64, trunc: float) -> F64:
+    """Mean truncated squared distance of ``sub`` under each pose, in chunks."""
+    out = np.empty(len(R))
+    chunk = max(1, 300_000 // len(sub))
+    t2 = trunc * trunc
+    for s in range(0, len(R), chunk):
+        Rc = R[s : s + chunk]
+        # One (3H, 3) x (3, m) product instead of H small ones.
+        P = (Rc.reshape(-1, 3) @ sub.T).reshape(len(Rc), 3, -1).transpose(0, 2, 1)
+        P = P + t[s : s + chunk, None, :]
+        flat = P.reshape(-1, 3)
+        idx = model.lookup(flat)
+        d2 = np.full(len(flat), t2)
+        ok = idx >= 0
+        diff = flat[ok] - model.vertices[idx[ok]]
+        d2[ok] = np.minimum(np.einsum("ij,ij->i", diff, diff), t2)
+        out[s : s + chunk] = d2.reshape(P.shape[:2]).mean(axis=1)
+    return out
+
+
+def _feature_hypotheses(model: SurfaceModel, pts: F64, cfg: AlignmentConfig) -> list[F64]:
+    from registration.features import downsample_with_features, ransac_hypotheses
+
+    scene = downsample_with_features(pts, None, cfg.voxel_mm, orient_from=np.zeros(3))
+    if len(scene[0]) < 30:
+        return []
+    # Scene normals point to the sensor, model normals outward: both agree on the skin.
+    return ransac_hypotheses(
+        scene,
+        model.surface_sample(cfg.voxel_mm),
+        cfg.voxel_mm,
+        seeds=cfg.ransac_seeds,
+        max_iterations=cfg.ransac_iterations,
+        fgr=cfg.use_fgr,
+    )
+
+
+# ---------------------------------------------------------------- verification
+def _verify(
+    model: SurfaceModel, pts: F64, hyps: list[F64], cfg: AlignmentConfig, rng: np.random.Generator, t0: float
+) -> Estimate:
+    sample = pts[rng.choice(len(pts), min(cfg.refine_points, len(pts)), replace=False)]
+    quick = sample[: max(len(sample) // 3, min(len(sample), 200))]
+    scored = []
+    for T in hyps:  # cheap refinement of every hypothesis ...
+        res = point_to_plane(model, quick, T, max_corr_mm=15.0, min_corr_mm=cfg.inlier_mm,
+                             iterations=15, min_points=12)  # fmt: skip
+        scored.append((_trunc_cost(model, res.T_model_sensor, quick, cfg.trunc_mm), res.T_model_sensor))
+    if not scored:
+        return lost(_ms(t0), "no pose hypotheses")
+    scored.sort(key=lambda s: s[0])
+    finals: list[tuple[float, IcpResult]] = []  # ... then a full one of the best few distinct poses
+    for _, T in scored:
+        if len(finals) == cfg.final_k:
+            break
+        if any(_same_pose(T, f[1].T_model_sensor, model.centroid, cfg.distinct_mm) for f in finals):
+            continue
+        res = point_to_plane(
+            model,
+            sample,
+            T,
+            max_corr_mm=2.0 * cfg.inlier_mm,
+            min_corr_mm=cfg.final_gate_mm,
+            iterations=60,
+            min_points=12,
+        )
+
+        finals.append((_trunc_cost(model, res.T_model_sensor, sample, cfg.trunc_mm), res))
+    finals.sort(key=lambda s: s[0])
+    best_cost, best = finals[0]
+    rival = next(
+        (c for c, r in finals[1:]
+         if not _same_pose(r.T_model_sensor, best.T_model_sensor, model.centroid, cfg.distinct_mm)),
+        float("inf"),
+    )  # fmt: skip
+    return _estimate(model, sample, best, best_cost, rival, cfg, t0)
+
+
+def _estimate(
+    model: SurfaceModel,
+    sample: F64,
+    best: IcpResult,
+    best_cost: float,
+    rival: float,
+    cfg: AlignmentConfig,
+    t0: float,
+) -> Estimate:
+    T_ms = best.T_model_sensor
+    P = transform_points(T_ms, sample)
+    dist = _surface_distance(model, P)
+    inl = dist < cfg.inlier_mm
+    fitness = float(inl.mean())
+    rmse = float(np.sqrt(np.mean(dist[inl] ** 2))) if inl.any() else float("inf")
+    length = float(np.sqrt(np.mean(np.sum((sample - sample.mean(0)) ** 2, 1))))
+    cond = normalised_condition(best.information, max(length, 1.0))
+    cov = covariance_about_origin(best.information, best.pivot, max(best.sigma_mm, rmse))
+    reasons = []
+    if inl.sum() < cfg.min_correspondences:
+        reasons.append(f"few correspondences ({int(inl.sum())})")
+    if fitness < cfg.min_fitness:
+        reasons.append(f"low fitness ({fitness:.2f})")
+    if not rmse <= cfg.max_rmse_mm:
+        reasons.append(f"high rmse ({rmse:.2f} mm)")
+    if not cond <= cfg.max_condition:
+        reasons.append(f"degenerate geometry (condition {cond:.0f})")
+    if rival < cfg.ambiguity_ratio * best_cost:
+        reasons.append(f"ambiguous: a different pose fits almost as well ({rival / best_cost:.2f}x)")
+    status = Status.DEGRADED if reasons else Status.TRACKING
+    log.info("initial alignment %s fitness %.2f rmse %.2f mm %s", status, fitness, rmse, reasons)
+    return Estimate(invert(T_ms), status, fitness, rmse, int(inl.sum()), _ms(t0), cov,
+                    tuple(reasons), condition=cond)  # fmt: skip
+
+
+def _trunc_cost(model: SurfaceModel, T_ms: F64, pts: F64, trunc: float) -> float:
+    d = np.minimum(_surface_distance(model, transform_points(T_ms, pts)), trunc)
+    return float(np.mean(d**2))
+
+
+def _surface_distance(model: SurfaceModel, P: F64) -> F64:
+    """Point-to-plane distance to the nearest vertex's tangent plane (inf off the band)."""
+    idx = model.lookup(P)
+    ok = idx >= 0
+    d = np.full(len(P), np.inf)
+    j = idx[ok]
+    d[ok] = np.abs(np.einsum("ij,ij->i", P[ok], model.normals[j]) - model.plane_offsets[j])
+    # Guard against a far vertex whose plane happens to pass near the point.
+    far = np.linalg.norm(P[ok] - model.vertices[j], axis=1) > 3.0 * model.grid_mm + d[ok]
+    d[np.flatnonzero(ok)[far]] = np.inf
+    return d
+
+
+# ---------------------------------------------------------------- helpers
+def _same_pose(A: F64, B: F64, centre: F64, tol_mm: float) -> bool:
+    """Poses agree when a 100 mm cross around ``centre`` moves less than ``tol_mm``."""
+    probe = centre + np.vstack([np.zeros(3), 100.0 * np.eye(3)])
+    D = transform_points(invert(A), probe) - transform_points(invert(B), probe)
+    return bool(np.max(np.linalg.norm(D, axis=1)) < tol_mm)
+
+
+def _rotations_onto(a: F64, b: F64) -> F64:
+    """Rotations (K, 3, 3) taking unit vector ``a`` onto each row of ``b``."""
+    v = np.cross(a, b)
+    c = b @ a
+    K = np.zeros((len(b), 3, 3))
+    K[:, 0, 1], K[:, 0, 2], K[:, 1, 2] = -v[:, 2], v[:, 1], -v[:, 0]
+    K[:, 1, 0], K[:, 2, 0], K[:, 2, 1] = v[:, 2], -v[:, 1], v[:, 0]
+    scale = 1.0 / np.maximum(1.0 + c, 1e-9)
+    R = np.eye(3) + K + (K @ K) * scale[:, None, None]
+    flip = c < -0.999999  # antiparallel: any half turn about a perpendicular axis
+    if np.any(flip):
+        perp = np.cross(a, [1.0, 0.0, 0.0] if abs(a[0]) < 0.9 else [0.0, 1.0, 0.0])
+        perp /= np.linalg.norm(perp)
+        R[flip] = 2.0 * np.outer(perp, perp) - np.eye(3)
+    return R
+
+
+def _axis_angle(axes: F64, theta: float) -> F64:
+    """Rotations (K, 3, 3) by ``theta`` about each unit row of ``axes`` (Rodrigues)."""
+    K = np.zeros((len(axes), 3, 3))
+    K[:, 0, 1], K[:, 0, 2], K[:, 1, 2] = -axes[:, 2], axes[:, 1], -axes[:, 0]
+    K[:, 1, 0], K[:, 2, 0], K[:, 2, 1] = axes[:, 2], -axes[:, 1], axes[:, 0]
+    out: F64 = np.eye(3) + np.sin(theta) * K + (1.0 - np.cos(theta)) * (K @ K)
+    return out
+
+
+def _clean(points_mm: object) -> F64:
+    P = np.asarray(points_mm, dtype=np.float64)
+    if P.size == 0:
+        return np.zeros((0, 3))
+    if P.ndim != 2 or P.shape[1] != 3:
+        msg = f"points_mm must be (N, 3), got shape {P.shape}"
+        raise ValueError(msg)
+    out: F64 = P[np.all(np.isfinite(P), axis=1) & np.any(P != 0.0, axis=1)]
+    return out
+
+
+def _ms(t0: float) -> float:
+    return (time.perf_counter() - t0) * 1e3

@@ -1,0 +1,195 @@
+"""Tracker accuracy and honest status on simulated headset frames of a synthetic head."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from registration_fixtures import (
+    DEEP_TARGET,
+    about,
+    head_frames,
+    head_model,
+    perturbation,
+    plane_mesh,
+    target_error_mm,
+)
+
+from registration import Estimate, Status, SurfaceModel, Tracker
+from registration.depth import DepthFrame, PinholeIntrinsics
+from registration.frames import pose_difference, transform_points
+from registration.simulator import HeadsetSimulator, NoiseModel, look_at
+
+
+def _run(tracker: Tracker, frames) -> list[tuple[Estimate, float]]:  # type: ignore[no-untyped-def]
+    out = []
+    for f in frames:
+        est = tracker.update(f.depth, f.timestamp_ns)
+        out.append((est, target_error_mm(est.T_sensor_model, f.T_sensor_model)))
+    return out
+
+
+def test_tracks_moving_headset_within_half_a_millimetre() -> None:
+    frames = head_frames()
+    results = _run(Tracker(head_model(), frames[0].T_sensor_model), frames)
+    tre = np.array([e for _, e in results])
+    assert np.percentile(tre, 95) < 0.5, tre
+    for (est, _), f in zip(results, frames, strict=True):
+        rot_deg, trans_mm = pose_difference(est.T_sensor_model, f.T_sensor_model)
+        assert rot_deg < 0.3
+        assert trans_mm < 1.0
+    statuses = [est.status for est, _ in results]
+    # Hysteresis: tracking only after three agreeing frames, then it holds.
+    assert statuses[0] is not Status.TRACKING
+    assert all(s is Status.TRACKING for s in statuses[3:]), statuses
+
+
+def test_estimate_fields_and_predicted_tre() -> None:
+    frames = head_frames()
+    results = _run(Tracker(head_model(), frames[0].T_sensor_model), frames[:8])
+    est, err = results[-1]
+    assert est.status is Status.TRACKING
+    assert est.fitness > 0.9 and est.rmse_mm < 1.0 and est.n_correspondences > 400
+    assert est.elapsed_ms > 0.0
+    pred = est.predicted_tre_mm(DEEP_TARGET)
+    assert pred.shape == (1,)
+    # The information matrix is not a fiction: the prediction is the right order.
+    actual_rms = np.sqrt(np.mean([e**2 for _, e in results[3:]]))
+    assert 0.2 * actual_rms < pred[0] < 5.0 * actual_rms + 0.1
+    # Far targets are predicted worse than near ones (rotation lever arm).
+    far = est.predicted_tre_mm([DEEP_TARGET, DEEP_TARGET + [0.0, 0.0, 500.0]])
+    assert far[1] > far[0]
+
+
+def test_point_cloud_frames_track_too() -> None:
+    frames = head_frames()
+    tracker = Tracker(head_model(), frames[0].T_sensor_model)
+    for f in frames[:6]:
+        est = tracker.update(f.points(stride=2), f.timestamp_ns)
+    assert est.status is Status.TRACKING
+    assert target_error_mm(est.T_sensor_model, f.T_sensor_model) < 0.5
+
+
+@pytest.mark.parametrize(("rot_deg", "trans_mm"), [(15.0, 20.0), (30.0, 40.0), (10.0, 60.0)])
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_wrong_start_is_never_reported_as_tracking(rot_deg: float, trans_mm: float, seed: int) -> None:
+    model = head_model()
+    frames = head_frames()
+    wrong = frames[0].T_sensor_model @ about(perturbation(rot_deg, trans_mm, seed), model.centroid)
+    results = _run(Tracker(model, wrong), frames[:15])
+    assert results[0][0].status is not Status.TRACKING
+    for est, err in results:
+        if est.status is Status.TRACKING:
+            assert err < 1.0, (est, err)
+
+
+def test_sphere_is_rotationally_degenerate_never_tracking() -> None:
+    import open3d as o3d
+
+    sphere = o3d.geometry.TriangleMesh.create_sphere(90.0, resolution=80)
+    model = SurfaceModel.from_mesh(np.asarray(sphere.vertices), np.asarray(sphere.triangles))
+    sim = HeadsetSimulator(model, occluders=False, seed=3)
+    results = [Tracker(model, sim.pose(0.0)).update(f.depth, f.timestamp_ns) for f in sim.frames(1)]
+    tracker = Tracker(model, sim.pose(0.0))
+    for f in sim.frames(8):
+        est = tracker.update(f.depth, f.timestamp_ns)
+        results.append(est)
+    assert all(e.status is not Status.TRACKING for e in results)
+    assert any("degenerate" in r or "TRE" in r for r in results[-1].reasons), results[-1].reasons
+
+
+def test_flat_view_is_never_tracking() -> None:
+    V, F = plane_mesh()
+    model = SurfaceModel.from_mesh(V, F)
+    T_model_sensor = look_at(np.array([10.0, 5.0, 400.0]), np.zeros(3), np.array([0.0, 1.0, 0.0]))
+    T = np.linalg.inv(T_model_sensor)
+    sim = HeadsetSimulator(model, occluders=False, seed=4)
+    tracker = Tracker(model, T)
+    for k in range(8):
+        est = tracker.update(sim.render(T, k * 22_000_000).depth, k * 22_000_000)
+        assert est.status is not Status.TRACKING, est.reasons
+    assert any("degenerate" in r for r in est.reasons), est.reasons
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        np.zeros((0, 3)),
+        np.full((500, 3), np.nan),
+        np.zeros((500, 3)),
+        np.ones((10, 2)),
+        np.array([]),
+        "not a frame",
+    ],
+)
+def test_useless_point_frames_are_lost_without_exception(frame: object) -> None:
+    frames = head_frames()
+    est = Tracker(head_model(), frames[0].T_sensor_model).update(frame, 0)  # type: ignore[arg-type]
+    assert est.status is Status.LOST
+    assert est.reasons
+
+
+def test_useless_depth_images_are_lost() -> None:
+    K = PinholeIntrinsics.ahat()
+    frames = head_frames()
+    tracker = Tracker(head_model(), frames[0].T_sensor_model)
+    shape = (K.height, K.width)
+    for depth in (
+        np.zeros(shape, np.uint16),
+        np.full(shape, np.nan, np.float32),
+        np.full(shape, 60000, np.uint16),  # out of range
+        np.zeros((10, 10), np.uint16),  # wrong shape for the intrinsics
+    ):
+        est = tracker.update(DepthFrame(depth, K), 0)
+        assert est.status is Status.LOST
+
+
+def test_nan_and_zero_pixels_are_dropped_not_fatal() -> None:
+    frames = head_frames()
+    tracker = Tracker(head_model(), frames[0].T_sensor_model)
+    rng = np.random.default_rng(0)
+    for f in frames[:6]:
+        depth = f.depth.depth.astype(np.float32)
+        depth[rng.random(depth.shape) < 0.2] = np.nan
+        depth[rng.random(depth.shape) < 0.1] = 0.0
+        depth[rng.random(depth.shape) < 0.05] = 1e6
+        est = tracker.update(DepthFrame(depth, f.depth.intrinsics), f.timestamp_ns)
+    assert est.status is Status.TRACKING
+    assert target_error_mm(est.T_sensor_model, f.T_sensor_model) < 0.5
+
+
+def test_dropout_loses_then_recovers_with_hysteresis() -> None:
+    frames = head_frames()
+    tracker = Tracker(head_model(), frames[0].T_sensor_model)
+    for f in frames[:5]:
+        assert tracker.update(f.depth, f.timestamp_ns) is not None
+    assert tracker.status is Status.TRACKING
+    assert tracker.update(np.zeros((0, 3)), frames[5].timestamp_ns).status is Status.LOST
+    after = [tracker.update(f.depth, f.timestamp_ns).status for f in frames[6:12]]
+    assert after[0] is not Status.TRACKING and after[1] is not Status.TRACKING
+    assert after[-1] is Status.TRACKING
+
+
+def test_start_accepts_estimate_and_rejects_bad_matrix() -> None:
+    frames = head_frames()
+    start = Estimate(frames[0].T_sensor_model, Status.DEGRADED, 1.0, 0.5, 100, 1.0)
+    est = Tracker(head_model(), start).update(frames[0].depth, frames[0].timestamp_ns)
+    assert target_error_mm(est.T_sensor_model, frames[0].T_sensor_model) < 0.5
+    with pytest.raises(ValueError, match="4x4"):
+        Tracker(head_model(), np.eye(3))
+
+
+def test_noisier_sensor_still_sub_millimetre() -> None:
+    model = head_model()
+    sim = HeadsetSimulator(model, noise=NoiseModel(sigma_mm=2.0, bias_mm=0.0), seed=9)
+    frames = list(sim.frames(12))
+    results = _run(Tracker(model, frames[0].T_sensor_model), frames)
+    assert max(e for _, e in results) < 1.0
+    pts = transform_points(results[-1][0].T_sensor_model, DEEP_TARGET[None])
+    assert np.all(np.isfinite(pts))
+
+
+def test_bad_timestamp_is_lost_not_an_exception() -> None:
+    frames = head_frames()
+    tracker = Tracker(head_model(), frames[0].T_sensor_model)
+    est = tracker.update(frames[0].depth, "not a time")  # type: ignore[arg-type]
+    assert est.status is Status.LOST
