@@ -16,6 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from imaging.deid import pseudonym
+from imaging.dicom_fast import FastSlice, is_dicomdir, read_fast_header, read_fast_pixels
 from imaging.errors import InputError
 from imaging.geometry import Geometry
 from imaging.volume import SourceInfo, Volume
@@ -65,6 +66,7 @@ class SeriesEntry:
     study_uid: str
     modality: str
     slices: tuple[SliceHeader, ...]
+    fast: tuple[FastSlice, ...] | None = None  # same order as ``slices``, when every file qualifies
 
     @property
     def n_files(self) -> int:
@@ -87,7 +89,9 @@ def list_series(folder: Path) -> list[SeriesEntry]:
     cached = _LAST_SCAN.get(key)
     if cached is not None:  # ``scrubin prepare`` lists the series, then loads one of them
         return list(cached)
-    entries = _scan(files)
+    entries = _scan_fast(files)
+    if entries is None:
+        entries = _scan(files)
     _LAST_SCAN.clear()
     _LAST_SCAN[key] = tuple(entries)
     return entries
@@ -96,6 +100,26 @@ def list_series(folder: Path) -> list[SeriesEntry]:
 def _folder_files(folder: Path) -> list[Path]:
     _refuse_empty_files(folder)
     return sorted(p for p in folder.iterdir() if p.is_file())
+
+
+def _scan_fast(files: list[Path]) -> list[SeriesEntry] | None:
+    """Headers parsed straight from the bytes (see ``dicom_fast``), or None when any DICOM
+    file in the folder is not for the fast path (then pydicom reads them all)."""
+    groups: dict[str, list[FastSlice]] = {}
+    for path in files:
+        fast = read_fast_header(path)
+        if fast is None:
+            if _has_dicom_preamble(path) and not is_dicomdir(path):
+                return None
+            continue  # not DICOM, or a DICOMDIR index: ignored, as GDCM and the pydicom scan do
+        groups.setdefault(fast.series_uid, []).append(fast)
+    entries = []
+    for uid, fasts in groups.items():
+        normal = np.cross(np.asarray(fasts[0].orientation[:3]), np.asarray(fasts[0].orientation[3:]))
+        ordered = sorted(fasts, key=lambda f: float(np.dot(f.position, normal)))
+        headers = tuple(SliceHeader(f.file, f.position, f.orientation, f.rows, f.columns, f.tilt_deg) for f in ordered)
+        entries.append(SeriesEntry(uid, ordered[0].study_uid, ordered[0].modality, headers, tuple(ordered)))
+    return sorted(entries, key=lambda e: (-e.n_files, e.uid))
 
 
 def _scan(files: list[Path]) -> list[SeriesEntry]:
@@ -230,7 +254,12 @@ def load_series(folder: Path, *, series_uid: str | None, memory_budget_bytes: in
 
     entry = choose_series(folder, list_series(folder), series_uid)
     check_series(folder, entry, memory_budget_bytes)
-    voxels, geometry = read_pixels(folder, entry.files)
+    fast_voxels = read_fast_pixels(list(entry.fast)) if entry.fast is not None else None
+    voxels: npt.NDArray[np.generic]
+    if fast_voxels is not None and entry.fast is not None:
+        voxels, geometry = fast_voxels, _fast_geometry(entry.fast)
+    else:
+        voxels, geometry = read_pixels(folder, entry.files)
     source = SourceInfo(
         format="dicom",
         n_files=entry.n_files,
@@ -238,6 +267,21 @@ def load_series(folder: Path, *, series_uid: str | None, memory_budget_bytes: in
         study_key=pseudonym(entry.study_uid, "study") if entry.study_uid else None,
     )
     return volume_from_array(voxels, geometry, folder, source)
+
+
+def _fast_geometry(slices: tuple[FastSlice, ...]) -> Geometry:
+    """ITK's geometry of a sorted slice stack: axes row, column, normal; origin at slice 0."""
+    first, last = slices[0], slices[-1]
+    row, column = np.asarray(first.orientation[:3]), np.asarray(first.orientation[3:])
+    normal = np.cross(row, column)
+    gap = float(np.dot(np.asarray(last.position) - np.asarray(first.position), normal)) / (len(slices) - 1)
+    direction = np.stack([row, column, normal], axis=1)
+    return Geometry(
+        size=(first.columns, first.rows, len(slices)),
+        spacing=(first.pixel_spacing[1], first.pixel_spacing[0], gap),
+        origin=first.position,
+        direction=tuple(float(v) for v in direction.ravel()),
+    )
 
 
 def read_pixels(folder: Path, files: tuple[str, ...]) -> tuple[npt.NDArray[np.generic], Geometry]:

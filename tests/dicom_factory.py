@@ -11,8 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
-from pydicom.dataset import FileDataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
+from pydicom.sequence import Sequence as DicomSequence
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 
 PHI = {
     "PatientName": "Zyxwvu^Qwertyname^Plonk",
@@ -41,6 +42,8 @@ def write_series(
     phi: bool = False,
     gantry_tilt: float | None = None,
     prefix: str = "IM",
+    implicit_vr: bool = False,
+    undefined_length_sequence: bool = False,
 ) -> list[Path]:
     """One file per [z] slice of ``voxels`` (stored HU + 1024, intercept -1024)."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -58,10 +61,30 @@ def write_series(
                 setattr(ds, key, value)
         if gantry_tilt is not None:
             ds.GantryDetectorTilt = gantry_tilt
+        if undefined_length_sequence:
+            _add_nested_sequence(ds)
+        if implicit_vr:
+            ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
         path = folder / f"{prefix}{k:04d}.dcm"
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
     return paths
+
+
+def _add_nested_sequence(ds: FileDataset) -> None:
+    """A two-level sequence of undefined length before the pixel data (as scanners write)."""
+    inner = Dataset()
+    inner.CodeValue = "113691"
+    inner.CodingSchemeDesignator = "DCM"
+    outer = Dataset()
+    outer.ReferencedSOPClassUID = CTImageStorage
+    outer.ReferencedSOPInstanceUID = generate_uid()
+    outer.PurposeOfReferenceCodeSequence = DicomSequence([inner])
+    ds.ReferencedImageSequence = DicomSequence([outer])
+    for element in (ds["ReferencedImageSequence"], outer["PurposeOfReferenceCodeSequence"]):
+        element.is_undefined_length = True
+        for item in element.value:
+            item.is_undefined_length_sequence_item = True
 
 
 def _slice_dataset(
