@@ -58,17 +58,25 @@ class _Unsupported(Exception):
 
 
 @dataclass(frozen=True)
-class FastSlice:
+class SliceHeader:
+    """What the series checks need of one slice, whichever reader parsed it."""
+
     file: str
-    series_uid: str
-    study_uid: str
-    modality: str
-    sop_class: str
     position: tuple[float, float, float]
     orientation: tuple[float, ...]
     rows: int
     columns: int
     tilt_deg: float
+
+
+@dataclass(frozen=True)
+class FastSlice:
+    """A slice header plus what the fast path needs to read its pixels."""
+
+    header: SliceHeader
+    series_uid: str
+    study_uid: str
+    modality: str
     pixel_spacing: tuple[float, float]  # (row spacing, column spacing) in mm
     signed: bool
     bits_stored: int
@@ -97,6 +105,16 @@ def read_fast_header(path: Path) -> FastSlice | None:
 
 
 DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"  # Media Storage Directory: an index, not a slice
+
+
+def has_dicom_preamble(path: Path) -> bool:
+    """True when the file carries the DICM magic of a DICOM Part 10 file."""
+    try:
+        with path.open("rb") as handle:
+            handle.seek(128)
+            return handle.read(4) == b"DICM"
+    except OSError:
+        return False
 
 
 def is_dicomdir(path: Path) -> bool:
@@ -244,17 +262,19 @@ def _slice(path: Path, values: dict[str, bytes], offset: int, size: int) -> Fast
     tilt = _text(values, "tilt")
     position = _numbers(values, "position", 3)
     spacing = _numbers(values, "pixel_spacing", 2)
-    return FastSlice(
+    header = SliceHeader(
         file=str(path),
-        series_uid=_text(values, "series_uid"),
-        study_uid=_text(values, "study_uid"),
-        modality=_text(values, "modality"),
-        sop_class=_text(values, "sop_class"),
         position=(position[0], position[1], position[2]),
         orientation=_numbers(values, "orientation", 6),
         rows=us["rows"],
         columns=us["columns"],
         tilt_deg=float(tilt) if tilt else 0.0,
+    )
+    return FastSlice(
+        header=header,
+        series_uid=_text(values, "series_uid"),
+        study_uid=_text(values, "study_uid"),
+        modality=_text(values, "modality"),
         pixel_spacing=(spacing[0], spacing[1]),
         signed=us["pixel_representation"] == 1,
         bits_stored=us["bits_stored"],
@@ -278,12 +298,11 @@ def read_fast_pixels(slices: list[FastSlice]) -> npt.NDArray[np.int16] | None:
     if first.slope != 1.0 or first.intercept != round(first.intercept):
         return None
     stored_dtype = np.dtype("<i2") if first.signed else np.dtype("<u2")
-    stored = np.empty((len(slices), first.rows, first.columns), dtype=stored_dtype)
-    count = first.rows * first.columns
+    rows, columns = first.header.rows, first.header.columns
+    stored = np.empty((len(slices), rows, columns), dtype=stored_dtype)
     for k, s in enumerate(slices):
-        stored[k] = np.fromfile(s.file, dtype=stored_dtype, count=count, offset=s.pixel_offset).reshape(
-            first.rows, first.columns
-        )
+        pixels = np.fromfile(s.header.file, dtype=stored_dtype, count=rows * columns, offset=s.pixel_offset)
+        stored[k] = pixels.reshape(rows, columns)
     intercept = int(first.intercept)
     low, high = int(stored.min()), int(stored.max())
     if not first.signed and (high >= (1 << first.bits_stored) or high > 32767):

@@ -16,7 +16,14 @@ import numpy as np
 import numpy.typing as npt
 
 from imaging.deid import pseudonym
-from imaging.dicom_fast import FastSlice, is_dicomdir, read_fast_header, read_fast_pixels
+from imaging.dicom_fast import (
+    FastSlice,
+    SliceHeader,
+    has_dicom_preamble,
+    is_dicomdir,
+    read_fast_header,
+    read_fast_pixels,
+)
 from imaging.errors import InputError
 from imaging.geometry import Geometry
 from imaging.volume import SourceInfo, Volume
@@ -49,16 +56,6 @@ _VOLUME_SOP_CLASSES = frozenset(
 
 
 @dataclass(frozen=True)
-class SliceHeader:
-    file: str
-    position: tuple[float, float, float]
-    orientation: tuple[float, ...]
-    rows: int
-    columns: int
-    tilt_deg: float
-
-
-@dataclass(frozen=True)
 class SeriesEntry:
     """One DICOM series: its slices sorted along the slice normal."""
 
@@ -85,7 +82,8 @@ def list_series(folder: Path) -> list[SeriesEntry]:
     any pixel is read. Files that are not DICOM are ignored, as GDCM does.
     """
     files = _folder_files(folder)
-    key = (str(folder.resolve()), tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files))
+    stats = [(p.name, p.stat()) for p in files]
+    key = (str(folder.resolve()), tuple((name, st.st_size, st.st_mtime_ns) for name, st in stats))
     cached = _LAST_SCAN.get(key)
     if cached is not None:  # ``scrubin prepare`` lists the series, then loads one of them
         return list(cached)
@@ -109,16 +107,16 @@ def _scan_fast(files: list[Path]) -> list[SeriesEntry] | None:
     for path in files:
         fast = read_fast_header(path)
         if fast is None:
-            if _has_dicom_preamble(path) and not is_dicomdir(path):
+            if has_dicom_preamble(path) and not is_dicomdir(path):
                 return None
             continue  # not DICOM, or a DICOMDIR index: ignored, as GDCM and the pydicom scan do
         groups.setdefault(fast.series_uid, []).append(fast)
     entries = []
     for uid, fasts in groups.items():
-        normal = np.cross(np.asarray(fasts[0].orientation[:3]), np.asarray(fasts[0].orientation[3:]))
-        ordered = sorted(fasts, key=lambda f: float(np.dot(f.position, normal)))
-        headers = tuple(SliceHeader(f.file, f.position, f.orientation, f.rows, f.columns, f.tilt_deg) for f in ordered)
-        entries.append(SeriesEntry(uid, ordered[0].study_uid, ordered[0].modality, headers, tuple(ordered)))
+        by_file = {f.header.file: f for f in fasts}
+        headers = _sorted_slices([f.header for f in fasts])
+        ordered = tuple(by_file[h.file] for h in headers)
+        entries.append(SeriesEntry(uid, ordered[0].study_uid, ordered[0].modality, headers, ordered))
     return sorted(entries, key=lambda e: (-e.n_files, e.uid))
 
 
@@ -143,7 +141,7 @@ def _read_header(path: Path) -> tuple[str, str, str, SliceHeader] | None:
     try:
         ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=list(_HEADER_TAGS))
     except (InvalidDicomError, EOFError, OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
-        if _has_dicom_preamble(path):  # a DICOM file that cannot be parsed is damaged, not foreign
+        if has_dicom_preamble(path):  # a DICOM file that cannot be parsed is damaged, not foreign
             msg = f"{path}: damaged DICOM file ({exc.__class__.__name__}: {str(exc)[:120]})"
             raise InputError(msg) from None
         return None
@@ -164,15 +162,6 @@ def _read_header(path: Path) -> tuple[str, str, str, SliceHeader] | None:
         raise InputError(msg)
     header = SliceHeader(str(path), (position[0], position[1], position[2]), tuple(orientation), rows, columns, tilt)
     return uid, str(ds.get("StudyInstanceUID", "")).strip(), str(ds.get("Modality", "")).strip(), header
-
-
-def _has_dicom_preamble(path: Path) -> bool:
-    try:
-        with path.open("rb") as handle:
-            handle.seek(128)
-            return handle.read(4) == b"DICM"
-    except OSError:
-        return False
 
 
 def _numbers(value: object, n: int, path: Path, tag: str) -> list[float]:
@@ -271,14 +260,15 @@ def load_series(folder: Path, *, series_uid: str | None, memory_budget_bytes: in
 
 def _fast_geometry(slices: tuple[FastSlice, ...]) -> Geometry:
     """ITK's geometry of a sorted slice stack: axes row, column, normal; origin at slice 0."""
-    first, last = slices[0], slices[-1]
+    first, last = slices[0].header, slices[-1].header
     row, column = np.asarray(first.orientation[:3]), np.asarray(first.orientation[3:])
     normal = np.cross(row, column)
     gap = float(np.dot(np.asarray(last.position) - np.asarray(first.position), normal)) / (len(slices) - 1)
     direction = np.stack([row, column, normal], axis=1)
+    pixel_spacing = slices[0].pixel_spacing
     return Geometry(
         size=(first.columns, first.rows, len(slices)),
-        spacing=(first.pixel_spacing[1], first.pixel_spacing[0], gap),
+        spacing=(pixel_spacing[1], pixel_spacing[0], gap),
         origin=first.position,
         direction=tuple(float(v) for v in direction.ravel()),
     )

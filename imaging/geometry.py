@@ -51,12 +51,6 @@ class Geometry:
         points: FloatArray = scaled @ self.direction_matrix.T + np.asarray(self.origin)
         return points
 
-    def lps_to_index(self, points: npt.ArrayLike) -> FloatArray:
-        """LPS mm points (..., 3) to continuous voxel indices (..., 3) in (i, j, k) order."""
-        rel = np.asarray(points, dtype=np.float64) - np.asarray(self.origin)
-        index: FloatArray = (rel @ np.linalg.inv(self.direction_matrix).T) / np.asarray(self.spacing)
-        return index
-
     def sub_grid(
         self, start_ijk: tuple[int, int, int], factor: tuple[int, int, int], size: tuple[int, int, int]
     ) -> Geometry:

@@ -73,7 +73,7 @@ def write_glb(meshes: Sequence[Mesh], path: Path, *, scene_name: str, extras: di
     gl_meshes, nodes, materials = [], [], []
     for mesh in meshes:
         positions = lps_mm_to_gltf_m(mesh.vertices).astype(np.float32)
-        normals = (mesh.vertex_normals().astype(np.float64) @ R_GLTF_LPS.T).astype(np.float32)
+        normals = (mesh.vertex_normals.astype(np.float64) @ R_GLTF_LPS.T).astype(np.float32)
         pos = add(positions, _ARRAY_BUFFER, _FLOAT, "VEC3", minmax=True)
         nrm = add(normals, _ARRAY_BUFFER, _FLOAT, "VEC3")
         idx = add(mesh.triangles.astype(np.uint32).ravel(), _ELEMENT_ARRAY_BUFFER, _UINT32, "SCALAR")
@@ -128,17 +128,3 @@ def _write_container(path: Path, document: dict[str, object], blob: bytes) -> No
         handle.write(text)
         handle.write(struct.pack("<I4s", len(blob), b"BIN\x00"))
         handle.write(blob)
-
-
-def read_glb(path: Path) -> tuple[dict[str, object], bytes]:
-    """The JSON document and binary chunk of a GLB (for checks and tests)."""
-    data = path.read_bytes()
-    magic, version, total = struct.unpack_from("<4sII", data, 0)
-    if magic != b"glTF" or version != 2 or total != len(data):
-        msg = f"{path}: not a glTF 2.0 binary (magic {magic!r}, version {version}, length {total} vs {len(data)})"
-        raise ValueError(msg)
-    json_len, _ = struct.unpack_from("<I4s", data, 12)
-    document = json.loads(data[20 : 20 + json_len])
-    bin_len, _ = struct.unpack_from("<I4s", data, 20 + json_len)
-    start = 28 + json_len
-    return document, data[start : start + bin_len]

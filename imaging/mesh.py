@@ -30,12 +30,9 @@ class Mesh:
         hi = self.vertices.max(axis=0)
         return [round(float(v), 3) for v in lo], [round(float(v), 3) for v in hi]
 
+    @cached_property
     def vertex_normals(self) -> npt.NDArray[np.float32]:
         """Area-weighted unit vertex normals (computed once per mesh)."""
-        return self._normals
-
-    @cached_property
-    def _normals(self) -> npt.NDArray[np.float32]:
         v = self.vertices.astype(np.float64)
         t = self.triangles.astype(np.int64)
         face = np.cross(v[t[:, 1]] - v[t[:, 0]], v[t[:, 2]] - v[t[:, 0]])

@@ -18,7 +18,7 @@ SLICER_SPACE_TAG = "SPACE=LPS"
 
 def write_ply(mesh: Mesh, path: Path) -> None:
     """Binary little-endian PLY: float32 x y z + nx ny nz, uchar RGBA, uint32 triangle lists."""
-    normals = mesh.vertex_normals()
+    normals = mesh.vertex_normals
     r, g, b, a = (int(round(c * 255)) for c in mesh.color)
     header = "\n".join(
         [

@@ -59,11 +59,6 @@ def finish_surface(raw: RawSurface, geometry: Geometry, name: str, color: RGBA, 
     return mesh
 
 
-def extract_surface(field: Field, name: str, color: RGBA, max_triangles: int) -> Mesh:
-    """Iso-surface of ``field`` at 0.5, smoothed, decimated to ``max_triangles``, in LPS mm."""
-    return finish_surface(raw_surface(field), field.geometry, name, color, max_triangles)
-
-
 def flying_edges(
     values: npt.NDArray[np.float32], level: float
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64]]:

@@ -21,37 +21,29 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
+from registration.depth import PinholeIntrinsics
+from registration.frames import invert
+
 F64 = npt.NDArray[np.float64]
-CAMERA_FRAME: Final = "opencv pinhole: x right, y down, z forward (mm)"
 ANCHORING_STATUS: Final = "tracking"
 
 
-@dataclass(frozen=True)
-class PinholeCamera:
-    """Intrinsics in pixels; pixel centres at integer coordinates."""
+def pixel_ray(camera: PinholeIntrinsics, u: float, v: float) -> F64:
+    """Unit direction, in the camera frame, of the ray through pixel (u, v)."""
+    d = np.array([(u - camera.cx) / camera.fx, (v - camera.cy) / camera.fy, 1.0])
+    unit: F64 = d / np.linalg.norm(d)
+    return unit
 
-    width: int
-    height: int
-    fx: float
-    fy: float
-    cx: float
-    cy: float
 
-    def ray(self, u: float, v: float) -> F64:
-        """Unit direction, in the camera frame, of the ray through pixel (u, v)."""
-        d = np.array([(u - self.cx) / self.fx, (v - self.cy) / self.fy, 1.0])
-        unit: F64 = d / np.linalg.norm(d)
-        return unit
-
-    def project(self, points_camera: F64) -> tuple[F64, npt.NDArray[np.bool_]]:
-        """(N, 2) pixel coordinates and whether each point is in front and inside the image."""
-        p = np.atleast_2d(points_camera)
-        z = p[:, 2]
-        safe = np.where(z > 1e-6, z, 1.0)
-        uv = np.stack([self.fx * p[:, 0] / safe + self.cx, self.fy * p[:, 1] / safe + self.cy], axis=1)
-        visible = (z > 1e-6) & (uv[:, 0] >= -0.5) & (uv[:, 0] <= self.width - 0.5)
-        visible &= (uv[:, 1] >= -0.5) & (uv[:, 1] <= self.height - 0.5)
-        return uv, visible
+def project(camera: PinholeIntrinsics, points_camera: F64) -> tuple[F64, npt.NDArray[np.bool_]]:
+    """(N, 2) pixel coordinates and whether each point is in front and inside the image."""
+    p = np.atleast_2d(points_camera)
+    z = p[:, 2]
+    safe = np.where(z > 1e-6, z, 1.0)
+    uv = np.stack([camera.fx * p[:, 0] / safe + camera.cx, camera.fy * p[:, 1] / safe + camera.cy], axis=1)
+    visible = (z > 1e-6) & (uv[:, 0] >= -0.5) & (uv[:, 0] <= camera.width - 0.5)
+    visible &= (uv[:, 1] >= -0.5) & (uv[:, 1] <= camera.height - 0.5)
+    return uv, visible
 
 
 @dataclass(frozen=True)
@@ -90,14 +82,7 @@ class MeshRayCaster:
         return float(result["t_hit"].numpy()[0])
 
 
-def _inverse(T: F64) -> F64:
-    out = np.eye(4)
-    out[:3, :3] = T[:3, :3].T
-    out[:3, 3] = -T[:3, :3].T @ T[:3, 3]
-    return out
-
-
-def anchor_click(u: float, v: float, camera: PinholeCamera, pose: FramePose, caster: MeshRayCaster) -> Anchor:
+def anchor_click(u: float, v: float, camera: PinholeIntrinsics, pose: FramePose, caster: MeshRayCaster) -> Anchor:
     """The 3D mark for a click at (u, v) on the frame described by ``pose``."""
     screen = (float(u), float(v))
     if not (0 <= u < camera.width and 0 <= v < camera.height):
@@ -105,9 +90,9 @@ def anchor_click(u: float, v: float, camera: PinholeCamera, pose: FramePose, cas
         raise ValueError(msg)
     if pose.status != ANCHORING_STATUS:
         return Anchor(False, None, screen, f"registration was {pose.status} when the frame was captured")
-    T_model_camera = _inverse(np.asarray(pose.T_world_model, np.float64)) @ np.asarray(pose.T_world_camera, np.float64)
+    T_model_camera = invert(np.asarray(pose.T_world_model, np.float64)) @ np.asarray(pose.T_world_camera, np.float64)
     origin = T_model_camera[:3, 3]
-    direction = T_model_camera[:3, :3] @ camera.ray(u, v)
+    direction = T_model_camera[:3, :3] @ pixel_ray(camera, u, v)
     distance = caster.first_hit(origin, direction)
     if not np.isfinite(distance):
         return Anchor(False, None, screen, "the ray missed the patient model")
@@ -116,10 +101,10 @@ def anchor_click(u: float, v: float, camera: PinholeCamera, pose: FramePose, cas
 
 
 def project_marks(
-    points_model_mm: npt.ArrayLike, camera: PinholeCamera, T_world_camera: F64, T_world_model: F64
+    points_model_mm: npt.ArrayLike, camera: PinholeIntrinsics, T_world_camera: F64, T_world_model: F64
 ) -> tuple[F64, npt.NDArray[np.bool_]]:
     """Where model-frame marks appear on a frame with the given (current) poses."""
-    T_camera_model = _inverse(np.asarray(T_world_camera, np.float64)) @ np.asarray(T_world_model, np.float64)
+    T_camera_model = invert(np.asarray(T_world_camera, np.float64)) @ np.asarray(T_world_model, np.float64)
     p = np.atleast_2d(np.asarray(points_model_mm, np.float64))
     in_camera = p @ T_camera_model[:3, :3].T + T_camera_model[:3, 3]
-    return camera.project(in_camera)
+    return project(camera, in_camera)

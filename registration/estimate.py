@@ -45,26 +45,31 @@ class Estimate:
     see_through: float = float("nan")
 
     def predicted_tre_mm(self, targets_model_mm: object) -> F64:
-        """Predicted RMS target registration error (mm) at (K, 3) model-frame targets.
-
-        A target ``x`` moves by ``d = omega x x + v = [-[x]x, I] xi`` under a small pose
-        error ``xi``, so its error covariance is ``A C A^T`` and RMS error sqrt(trace).
-        """
-        X = np.atleast_2d(np.asarray(targets_model_mm, dtype=np.float64))
-        if X.shape[1] != 3:
-            msg = f"targets must be (K, 3) model mm, got shape {X.shape}"
-            raise ValueError(msg)
-        if not np.all(np.isfinite(self.covariance)):
-            return np.full(len(X), np.inf)
-        out = np.empty(len(X))
-        for k, x in enumerate(X):
-            A = np.hstack([-skew(x), np.eye(3)])
-            out[k] = float(np.sqrt(max(np.trace(A @ self.covariance @ A.T), 0.0)))
-        return out
+        """Predicted RMS target registration error (mm) at (K, 3) model-frame targets."""
+        return predicted_tre(self.covariance, targets_model_mm)
 
     @property
     def ok(self) -> bool:
         return self.status is Status.TRACKING
+
+
+def predicted_tre(covariance: F64, targets_model_mm: object) -> F64:
+    """Predicted RMS target registration error (mm) at (K, 3) model-frame targets.
+
+    A target ``x`` moves by ``d = omega x x + v = [-[x]x, I] xi`` under a small pose
+    error ``xi``, so its error covariance is ``A C A^T`` and RMS error sqrt(trace).
+    """
+    X = np.atleast_2d(np.asarray(targets_model_mm, dtype=np.float64))
+    if X.shape[1] != 3:
+        msg = f"targets must be (K, 3) model mm, got shape {X.shape}"
+        raise ValueError(msg)
+    if not np.all(np.isfinite(covariance)):
+        return np.full(len(X), np.inf)
+    out = np.empty(len(X))
+    for k, x in enumerate(X):
+        A = np.hstack([-skew(x), np.eye(3)])
+        out[k] = float(np.sqrt(max(np.trace(A @ covariance @ A.T), 0.0)))
+    return out
 
 
 def lost(elapsed_ms: float, reason: str, T: F64 | None = None, ts: int | None = None) -> Estimate:

@@ -16,7 +16,7 @@ from registration.confidence import (
     see_through_fraction,
 )
 from registration.depth import DepthFrame, depth_to_points
-from registration.estimate import Estimate, Status, lost
+from registration.estimate import Estimate, Status, lost, predicted_tre
 from registration.frames import (
     F64,
     as_transform,
@@ -157,8 +157,7 @@ class Tracker:
         cov = covariance_about_origin(res.information, res.pivot, max(res.sigma_mm, rmse))
         length = float(np.sqrt(np.mean(np.sum((fit - fit.mean(0)) ** 2, axis=1))))
         cond = normalised_condition(res.information, max(length, 1.0))
-        draft = Estimate(T_new, Status.DEGRADED, fitness, rmse, n_in, 0.0, cov)
-        tre = float(np.max(draft.predicted_tre_mm(self._tre_points)))
+        tre = float(np.max(predicted_tre(cov, self._tre_points)))
         jump_mm, jump_deg = _jump(T_pred, T_new, self._tre_points)
         q = FrameQuality(n_in, fitness, rmse, cond, tre, jump_mm, jump_deg, h_fit, h_rmse, see)
         entering = self._machine.status is not Status.TRACKING

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 import typer
@@ -42,8 +42,3 @@ def one_line_errors(expected: tuple[type[BaseException], ...], debug: bool = Fal
             soft_wrap=True,
         )
         raise typer.Exit(3) from None
-
-
-def run_with_errors(body: Callable[[], None], expected: tuple[type[BaseException], ...], debug: bool) -> None:
-    with one_line_errors(expected, debug):
-        body()

@@ -7,9 +7,10 @@ import pytest
 
 from imaging.mesh_io import read_ply
 from imaging.prepare import PrepareOptions, prepare_phantom
-from mentor.anchoring import FramePose, MeshRayCaster, PinholeCamera, anchor_click, project_marks
+from mentor.anchoring import FramePose, MeshRayCaster, anchor_click, project_marks
+from registration import PinholeIntrinsics
 
-CAMERA = PinholeCamera(width=640, height=480, fx=520.0, fy=518.0, cx=319.5, cy=241.0)
+CAMERA = PinholeIntrinsics(width=640, height=480, fx=520.0, fy=518.0, cx=319.5, cy=241.0)
 
 
 def _rigid(rotvec: tuple[float, float, float], translation: tuple[float, float, float]) -> np.ndarray:
