@@ -8,6 +8,7 @@ for missing slices, uneven spacing and gantry tilt, which ITK would otherwise av
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,8 +47,6 @@ _HEADER_TAGS = (
     (0x0008, 0x0060),  # Modality
 )
 MIN_SLICES_FOR_PARALLEL_READ = 16
-# The last folder scan, keyed by every file's name, size and modification time.
-_LAST_SCAN: dict[tuple[str, tuple[tuple[str, int, int], ...]], tuple[SeriesEntry, ...]] = {}
 # Storage classes whose slices must carry a position (CT, enhanced CT, MR, enhanced MR, PET,
 # NM); a file of one of these classes without it is truncated or damaged, never skipped.
 _VOLUME_SOP_CLASSES = frozenset(
@@ -74,25 +73,20 @@ class SeriesEntry:
         return tuple(s.file for s in self.slices)
 
 
+SeriesChoice = Callable[[list[SeriesEntry], SeriesEntry], None]
+
+
 def list_series(folder: Path) -> list[SeriesEntry]:
     """Every DICOM series in ``folder`` (not recursive), largest first.
 
-    Headers are read with pydicom (only the tags needed, no pixels): one pass, about twice as
-    fast as GDCM's two directory scans, and it gives the per-slice positions to check before
+    One pass over the headers, no pixels: parsed from the bytes where every file allows it
+    (``dicom_fast``), else with pydicom (only the tags needed). Either way it is about twice
+    as fast as GDCM's two directory scans and gives the per-slice positions to check before
     any pixel is read. Files that are not DICOM are ignored, as GDCM does.
     """
     files = _folder_files(folder)
-    stats = [(p.name, p.stat()) for p in files]
-    key = (str(folder.resolve()), tuple((name, st.st_size, st.st_mtime_ns) for name, st in stats))
-    cached = _LAST_SCAN.get(key)
-    if cached is not None:  # ``scrubin prepare`` lists the series, then loads one of them
-        return list(cached)
     entries = _scan_fast(files)
-    if entries is None:
-        entries = _scan(files)
-    _LAST_SCAN.clear()
-    _LAST_SCAN[key] = tuple(entries)
-    return entries
+    return entries if entries is not None else _scan(files)
 
 
 def _folder_files(folder: Path) -> list[Path]:
@@ -238,10 +232,16 @@ def check_series(folder: Path, entry: SeriesEntry, memory_budget_bytes: int) -> 
     check_slice_positions(folder, positions, np.asarray(first.orientation))
 
 
-def load_series(folder: Path, *, series_uid: str | None, memory_budget_bytes: int) -> Volume:
+def load_series(
+    folder: Path, *, series_uid: str | None, memory_budget_bytes: int, on_series: SeriesChoice | None = None
+) -> Volume:
+    """Read the chosen series; ``on_series(all_series, chosen)`` lets a caller say which was used."""
     from imaging.load import volume_from_array
 
-    entry = choose_series(folder, list_series(folder), series_uid)
+    entries = list_series(folder)
+    entry = choose_series(folder, entries, series_uid)
+    if on_series is not None:
+        on_series(entries, entry)
     check_series(folder, entry, memory_budget_bytes)
     fast_voxels = read_fast_pixels(list(entry.fast)) if entry.fast is not None else None
     voxels: npt.NDArray[np.generic]
@@ -282,7 +282,7 @@ def read_pixels(folder: Path, files: tuple[str, ...]) -> tuple[npt.NDArray[np.ge
     """
     import SimpleITK as sitk
 
-    from imaging.load import _itk_reason
+    from imaging.load import itk_reason
 
     sitk.ProcessObject.SetGlobalWarningDisplay(False)  # spacing was checked above
 
@@ -299,7 +299,7 @@ def read_pixels(folder: Path, files: tuple[str, ...]) -> tuple[npt.NDArray[np.ge
             with ThreadPoolExecutor(max_workers=2) as pool:
                 parts = list(pool.map(read, [list(files[:half]), list(files[half:])]))
     except RuntimeError as exc:
-        msg = f"{folder}: DICOM pixel data could not be read ({_itk_reason(exc)})"
+        msg = f"{folder}: DICOM pixel data could not be read ({itk_reason(exc)})"
         raise InputError(msg) from None
     if len({(p.GetPixelID(), p.GetSize()[:2]) for p in parts}) != 1:
         msg = f"{folder}: slices of one series decode to different pixel types or sizes"

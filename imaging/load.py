@@ -59,14 +59,19 @@ def load_ct(
     *,
     series_uid: str | None = None,
     memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET_BYTES,
+    on_series: dicom_series.SeriesChoice | None = None,
 ) -> Volume:
-    """Load and check a CT volume; geometry stays in patient LPS millimetres."""
+    """Load and check a CT volume; geometry stays in patient LPS millimetres.
+
+    For a DICOM folder, ``on_series(all_series, chosen)`` is told which series was taken."""
     path = Path(path)
     if not path.exists():
         msg = f"{path}: no such file or folder"
         raise InputError(msg)
     if path.is_dir():
-        return dicom_series.load_series(path, series_uid=series_uid, memory_budget_bytes=memory_budget_bytes)
+        return dicom_series.load_series(
+            path, series_uid=series_uid, memory_budget_bytes=memory_budget_bytes, on_series=on_series
+        )
     if series_uid is not None:
         msg = f"{path}: --series applies to a DICOM folder, not to a single file"
         raise InputError(msg)
@@ -85,7 +90,7 @@ def _load_file(path: Path, budget_bytes: int) -> Volume:
     try:
         reader.ReadImageInformation()
     except RuntimeError as exc:
-        msg = f"{path}: not a readable {fmt} image ({_itk_reason(exc)})"
+        msg = f"{path}: not a readable {fmt} image ({itk_reason(exc)})"
         raise InputError(msg) from None
     size = reader.GetSize()
     if len(size) != 3 or reader.GetNumberOfComponents() != 1:
@@ -95,7 +100,7 @@ def _load_file(path: Path, budget_bytes: int) -> Volume:
     try:
         image = reader.Execute()
     except RuntimeError as exc:
-        msg = f"{path}: pixel data could not be read ({_itk_reason(exc)})"
+        msg = f"{path}: pixel data could not be read ({itk_reason(exc)})"
         raise InputError(msg) from None
     return volume_from_image(image, path, SourceInfo(format=fmt))
 
@@ -142,7 +147,7 @@ def check_voxels(path: Path, voxels: np.ndarray) -> None:
             raise InputError(msg)
 
 
-def _itk_reason(exc: RuntimeError) -> str:
+def itk_reason(exc: RuntimeError) -> str:
     """The last meaningful line of an ITK exception, without the C++ file/line noise."""
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
     for line in reversed(lines):

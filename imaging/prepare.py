@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from imaging import label_table, segment
+from imaging.dicom_series import SeriesChoice
 from imaging.errors import InputError, SegmentationError
 from imaging.field import Field, coarsen_in_plane
 from imaging.gltf import write_glb
@@ -99,10 +100,21 @@ class _Timer:
         self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
 
 
-def prepare_path(source: Path, out: Path, options: PrepareOptions, progress: Progress | None = None) -> PreparedModel:
+def prepare_path(
+    source: Path,
+    out: Path,
+    options: PrepareOptions,
+    progress: Progress | None = None,
+    on_series: SeriesChoice | None = None,
+) -> PreparedModel:
     timer = _Timer(progress)
     with timer.stage("load"):
-        volume = load_ct(source, series_uid=options.series_uid, memory_budget_bytes=options.memory_budget_bytes)
+        volume = load_ct(
+            source,
+            series_uid=options.series_uid,
+            memory_budget_bytes=options.memory_budget_bytes,
+            on_series=on_series,
+        )
         labels = (
             load_ct(options.labels_path, memory_budget_bytes=options.memory_budget_bytes)
             if options.labels_path

@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from imaging.dicom_series import SeriesEntry
 from imaging.errors import InputError
 
 console = Console(highlight=False)
@@ -44,8 +45,6 @@ def run_prepare(
         label_names_path=label_names,
         memory_budget_bytes=int(max_memory_gb * 1024**3),
     )
-    if input is not None and input.is_dir():
-        _announce_series(input, series)
     stages = [s for s in _STAGES if s != ("load" if phantom else "synthesize")]
     with Progress(
         TextColumn("{task.description:<12}"),
@@ -61,7 +60,13 @@ def run_prepare(
             done = stages.index(stage) if stage in stages else 0
             bar.update(task, description=stage, completed=done)
 
-        result = prepare_phantom(out, options, progress) if phantom else prepare_path(input, out, options, progress)  # type: ignore[arg-type]
+        def announce(entries: list[SeriesEntry], used: SeriesEntry) -> None:
+            _announce_series(input, entries, used, chosen_by_user=series is not None)  # type: ignore[arg-type]
+
+        if phantom:
+            result = prepare_phantom(out, options, progress)
+        else:
+            result = prepare_path(input, out, options, progress, announce)  # type: ignore[arg-type]
         bar.update(task, description="done", completed=len(stages))
     _summary(result.manifest, result.timings_s, out)
 
@@ -86,18 +91,14 @@ def _fmt(v: list[float]) -> str:
     return "(" + ", ".join(f"{x:.1f}" for x in v) + ")"
 
 
-def _announce_series(folder: Path, chosen: str | None) -> None:
+def _announce_series(folder: Path, entries: list[SeriesEntry], used: SeriesEntry, *, chosen_by_user: bool) -> None:
     """With several series in the folder, say which one is used (the operator's terminal only)."""
-    from imaging.dicom_series import list_series
-
-    entries = list_series(folder)
     if len(entries) > 1:
-        used = chosen if chosen is not None else entries[0].uid
         console.print(f"{len(entries)} DICOM series in {folder}:")
         for e in entries:
-            mark = "->" if e.uid == used else "  "
+            mark = "->" if e is used else "  "
             console.print(f" {mark} {e.uid or '(blank UID)'}  {e.n_files} slices  {e.modality or '?'}", soft_wrap=True)
-        if chosen is None:
+        if not chosen_by_user:
             console.print("using the largest; choose another with --series UID")
 
 
