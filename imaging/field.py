@@ -25,6 +25,13 @@ class Field:
     values: npt.NDArray[np.float32]  # [z, y, x], 0 outside .. 1 inside
     geometry: Geometry  # grid of ``values`` (cropped, block-averaged)
 
+    def crop(self, box: tuple[slice, slice, slice], values: npt.NDArray[np.float32] | None = None) -> Field:
+        """The field within a [z, y, x] box (optionally with new values of the box's shape)."""
+        cropped = self.values[box] if values is None else values
+        start = (box[2].start, box[1].start, box[0].start)
+        size = (cropped.shape[2], cropped.shape[1], cropped.shape[0])
+        return Field(cropped, self.geometry.sub_grid(start, (1, 1, 1), size))
+
 
 def block_factor(spacing: tuple[float, float, float], target_mm: float = WORKING_SPACING_MM) -> tuple[int, int, int]:
     """Voxels per block along (x, y, z) so that blocks are about ``target_mm`` wide."""

@@ -161,10 +161,7 @@ def _crop_to_solid(field: Field, solid: npt.NDArray[np.bool_]) -> tuple[Field, n
     half the grid, and the margin keeps every hole that touched the border touching it."""
     box = bounding_box(solid, pad=1)
     assert box is not None, "caller checked that something is solid"
-    start = (box[2].start, box[1].start, box[0].start)
-    values = field.values[box]
-    size = (values.shape[2], values.shape[1], values.shape[0])
-    return Field(values, field.geometry.sub_grid(start, (1, 1, 1), size)), solid[box]
+    return field.crop(box), solid[box]
 
 
 def _restrict(field: Field, kept: npt.NDArray[np.bool_], solid: npt.NDArray[np.bool_]) -> Field:
@@ -178,5 +175,4 @@ def _restrict(field: Field, kept: npt.NDArray[np.bool_], solid: npt.NDArray[np.b
     values = np.zeros_like(partial)
     values[kept] = np.maximum(partial[kept], np.where(solid[kept], 0.0, 1.0))
     values[ring] = np.minimum(partial[ring], np.float32(ISO_LEVEL - 1e-3))
-    start = (box[2].start, box[1].start, box[0].start)
-    return Field(values, field.geometry.sub_grid(start, (1, 1, 1), tuple(reversed(values.shape))))
+    return field.crop(box, values)
