@@ -9,6 +9,10 @@ cd "$(dirname "$0")/.."
 extras="${1:-}"
 # libusb-1.0-0: Open3D 0.20 does not import without it. libgl1/libgomp1: Open3D and VTK.
 deb_packages=(libusb-1.0-0 libgl1 libgomp1)
+# chromium: the mentor page is tested in a real browser (Playwright drives the system one).
+[[ "$extras" == *test* ]] && deb_packages+=(chromium)
+# Playwright must never download its own browser: there is no network here, and Debian's is used.
+export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1
 
 missing=()
 for pkg in "${deb_packages[@]}"; do
@@ -32,5 +36,5 @@ spec="."
 echo "scrubin install: Python packages ($spec)"
 # pip warns once per package about find-links folders this machine does not have; hide only those lines.
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e "$spec" 2> >(grep -v "^WARNING: Location .* is ignored" >&2)
-.venv/bin/python -c "import open3d, SimpleITK, vtk, zmq" 
+.venv/bin/python -c "import open3d, SimpleITK, vtk, zmq, aiortc, aiohttp, pyigtl"
 echo "scrubin install: done (.venv/bin/scrubin)"
