@@ -76,11 +76,12 @@ def verify(secret: bytes, token: str | None, session: str, now: float | None = N
     """The token's claims if it is authentic, for this session, and not expired."""
     if not token:
         raise TokenError("missing token")
-    if len(token) > MAX_TOKEN_CHARS or token.count(".") != 1:
+    # Tokens are base64url text: anything else (non-ASCII, lone surrogates from JSON) is malformed.
+    if len(token) > MAX_TOKEN_CHARS or token.count(".") != 1 or not token.isascii():
         raise TokenError("malformed token")
     body, signature = token.split(".")
     expected = _b64(hmac.new(secret, body.encode(), hashlib.sha256).digest())
-    if not hmac.compare_digest(signature.encode("utf-8", "replace"), expected.encode()):
+    if not hmac.compare_digest(signature.encode(), expected.encode()):
         raise TokenError("invalid token signature")
     try:
         raw = json.loads(_unb64(body))

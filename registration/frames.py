@@ -70,15 +70,15 @@ def se3_exp(xi: F64) -> F64:
     omega, v = xi[:3], xi[3:]
     theta = float(np.linalg.norm(omega))
     K = skew(omega)
-    if theta < 1e-10:
-        R = np.eye(3) + K
-        V = np.eye(3) + 0.5 * K
+    if theta < 1e-4:  # series: 1 - cos(theta) underflows to 0 for tiny angles
+        t2 = theta**2
+        a, b, c = 1.0 - t2 / 6.0, 0.5 - t2 / 24.0, 1.0 / 6.0 - t2 / 120.0
     else:
         a = np.sin(theta) / theta
         b = (1.0 - np.cos(theta)) / theta**2
         c = (1.0 - a) / theta**2
-        R = np.eye(3) + a * K + b * (K @ K)
-        V = np.eye(3) + b * K + c * (K @ K)
+    R = np.eye(3) + a * K + b * (K @ K)
+    V = np.eye(3) + b * K + c * (K @ K)
     T = np.eye(4)
     T[:3, :3] = R
     T[:3, 3] = V @ v
@@ -90,9 +90,12 @@ def se3_log(T: F64) -> F64:
     R = T[:3, :3]
     cos_theta = np.clip((np.trace(R) - 1.0) / 2.0, -1.0, 1.0)
     theta = float(np.arccos(cos_theta))
-    if theta < 1e-8:
+    if theta < 1e-4:
+        # Small angle: the closed form divides by theta**2 and loses precision; its series
+        # (1 - (t/2) / tan(t/2)) / t**2 = 1/12 + t**2/720 is exact to double precision here.
         omega = 0.5 * np.array([R[2, 1] - R[1, 2], R[0, 2] - R[2, 0], R[1, 0] - R[0, 1]])
-        V_inv = np.eye(3) - 0.5 * skew(omega)
+        K = skew(omega)
+        V_inv = np.eye(3) - 0.5 * K + (1.0 / 12.0 + theta**2 / 720.0) * (K @ K)
     else:
         if np.pi - theta < 1e-6:
             # Near pi the antisymmetric part vanishes; take the axis from R + I.

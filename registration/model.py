@@ -106,18 +106,12 @@ class SurfaceModel:
         import open3d as o3d
 
         folder = Path(folder)
-        manifest = json.loads((folder / "manifest.json").read_text())
-        if manifest.get("schema_version") != SUPPORTED_SCHEMA or manifest.get("units") != "mm":
-            msg = (
-                f"unsupported manifest: schema_version={manifest.get('schema_version')!r}, "
-                f"units={manifest.get('units')!r} (need {SUPPORTED_SCHEMA}, 'mm')"
-            )
-            raise ValueError(msg)
-        entries = {m["name"]: m for m in manifest.get("meshes", [])}
+        manifest = _read_manifest(folder)
+        entries = {m.get("name"): m for m in _list_of_objects(manifest, "meshes")}
         if mesh not in entries:
-            msg = f"mesh {mesh!r} not in manifest, got {sorted(entries)}"
+            msg = f"mesh {mesh!r} not in manifest, got {sorted(map(str, entries))}"
             raise KeyError(msg)
-        ply = folder / entries[mesh]["files"]["ply"]
+        ply = _inside(folder, _field(_field(entries[mesh], "files", dict), "ply", str))
         tm = o3d.io.read_triangle_mesh(ply)
         V = np.asarray(tm.vertices, dtype=np.float64)
         F = np.asarray(tm.triangles, dtype=np.int64)
@@ -125,8 +119,11 @@ class SurfaceModel:
             msg = f"mesh file {ply} has no vertices"
             raise ValueError(msg)
         marks = manifest.get("landmarks") or {}
-        fid = {m["name"]: m["position_mm"] for m in marks.get("fiducials", [])}
-        tgt = {m["name"]: m["position_mm"] for m in marks.get("targets", [])}
+        if not isinstance(marks, dict):
+            msg = f"manifest field 'landmarks' must be an object, got {type(marks).__name__}"
+            raise ValueError(msg)
+        fid: dict[str, object] = {str(m.get("name")): _point(m) for m in _list_of_objects(marks, "fiducials")}
+        tgt: dict[str, object] = {str(m.get("name")): _point(m) for m in _list_of_objects(marks, "targets")}
         model = cls.from_mesh(V, F, fiducials=fid, targets=tgt, **kwargs)
         model.name = mesh
         log.info("model %s: %d vertices from %s", mesh, len(V), ply)
@@ -239,3 +236,55 @@ def _vertex_normals(V: F64, F: NDArray[np.int64]) -> F64:
     norm = np.linalg.norm(N, axis=1, keepdims=True)
     out: F64 = np.divide(N, norm, out=np.zeros_like(N), where=norm > 0)
     return out
+
+
+# ---------------------------------------------------------------- manifest reading
+# The manifest comes from disk and may be damaged or hostile: every field is checked for
+# its type so a bad file gives one ValueError naming the field, never an AttributeError.
+def _read_manifest(folder: Path) -> dict[str, Any]:
+    manifest = json.loads((folder / "manifest.json").read_text())
+    if not isinstance(manifest, dict):
+        msg = f"{folder / 'manifest.json'}: must hold a JSON object, got {type(manifest).__name__}"
+        raise ValueError(msg)
+    if manifest.get("schema_version") != SUPPORTED_SCHEMA or manifest.get("units") != "mm":
+        msg = (
+            f"unsupported manifest: schema_version={manifest.get('schema_version')!r}, "
+            f"units={manifest.get('units')!r} (need {SUPPORTED_SCHEMA}, 'mm')"
+        )
+        raise ValueError(msg)
+    return manifest
+
+
+def _field(obj: dict[str, Any], name: str, kind: type) -> Any:
+    value = obj.get(name)
+    if not isinstance(value, kind):
+        msg = f"manifest field {name!r} must be {kind.__name__}, got {type(value).__name__}"
+        raise ValueError(msg)
+    return value
+
+
+def _list_of_objects(obj: dict[str, Any], name: str) -> list[dict[str, Any]]:
+    items = obj.get(name) or []
+    if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+        msg = f"manifest field {name!r} must be a list of objects, got {items!r:.80}"
+        raise ValueError(msg)
+    return items
+
+
+def _point(mark: dict[str, Any]) -> tuple[float, float, float]:
+    p = mark.get("position_mm")
+    ok = isinstance(p, list) and len(p) == 3 and all(isinstance(v, int | float) and not isinstance(v, bool) for v in p)
+    xyz = np.asarray(p if ok else [np.nan], np.float64)
+    if not np.all(np.isfinite(xyz)):
+        msg = f"manifest landmark {mark.get('name')!r}: position_mm must be 3 finite numbers, got {p!r:.80}"
+        raise ValueError(msg)
+    return (float(xyz[0]), float(xyz[1]), float(xyz[2]))
+
+
+def _inside(folder: Path, relative: str) -> Path:
+    """The file named by the manifest, which must lie inside the model folder."""
+    path = (folder / relative).resolve()
+    if not path.is_relative_to(folder.resolve()):
+        msg = f"manifest names a mesh file outside the model folder, got {relative!r}"
+        raise ValueError(msg)
+    return path
