@@ -5,23 +5,41 @@ strictly in sequence: an op at or below its sequence is a duplicate and is
 ignored, an op beyond the next one waits in a bounded buffer until the gap is
 filled (from a ``sync`` reply). That makes delivery exactly-once and ordered
 even though PUB/SUB may drop or a headset may reconnect.
+
+With an :class:`AnnotationStore` the server's log also survives its own process: every op
+is on disk (SQLite, fsync'd) before it is applied or broadcast, and a restarted server
+keeps its epoch and sequence, so reconnecting headsets fetch only what they missed.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import logging
+import secrets
+import sqlite3
+import threading
 from collections import deque
+from pathlib import Path
 
 from headset_bridge.messages import Annotation, AnnotationOp, AnnotationOpName
+
+log = logging.getLogger(__name__)
 
 
 class AnnotationLog:
     """The authoritative state (server side). Not thread-safe; the server locks."""
 
-    def __init__(self, max_log: int = 10_000) -> None:
+    def __init__(self, max_log: int = 10_000, store: AnnotationStore | None = None) -> None:
         self.seq = 0  # seq of the last op; 0 = none yet
         self.state: dict[str, Annotation] = {}
         self._log: deque[AnnotationOp] = deque(maxlen=max_log)
+        self._store = store
+        if store is not None:
+            for entry in store.ops():
+                self._check_replay(store.path, entry)
+                self._commit(entry)
+            log.info("annotation log restored from %s: %d ops, %d annotations", store.path, self.seq, len(self.state))
 
     def apply(self, op: AnnotationOpName, ann: Annotation | str) -> AnnotationOp:
         """Validate, assign the next seq, apply. ``ann`` is an id for delete."""
@@ -36,19 +54,31 @@ class AnnotationLog:
             msg = f"annotation op must be add, update or delete, got {op!r}"
             raise ValueError(msg)
         stored: Annotation | None = None
-        if op == "delete":
-            del self.state[ident]
-        else:
+        if op != "delete":
             if isinstance(ann, str):
                 msg = f"{op} needs an Annotation, got {ann!r}"
                 raise TypeError(msg)
             rev = 0 if op == "add" else self.state[ident].rev + 1
             stored = dataclasses.replace(ann, rev=rev)
-            self.state[ident] = stored
-        self.seq += 1
-        entry = AnnotationOp(seq=self.seq, op=op, id=ident, annotation=stored)
-        self._log.append(entry)
+        entry = AnnotationOp(seq=self.seq + 1, op=op, id=ident, annotation=stored)
+        if self._store is not None:
+            self._store.append(entry)  # durable before anyone can see it: a crash loses nothing seen
+        self._commit(entry)
         return entry
+
+    def _commit(self, entry: AnnotationOp) -> None:
+        if entry.op == "delete":
+            del self.state[entry.id]
+        elif entry.annotation is not None:
+            self.state[entry.id] = entry.annotation
+        self.seq = entry.seq
+        self._log.append(entry)
+
+    def _check_replay(self, where: Path, entry: AnnotationOp) -> None:
+        known = entry.id in self.state
+        if entry.seq != self.seq + 1 or (entry.op == "add") == known or (entry.op != "delete" and not entry.annotation):
+            msg = f"{where}: annotation log is inconsistent at op {entry.seq} ({entry.op} {entry.id!r} after op {self.seq})"
+            raise AnnotationStoreError(msg)
 
     def since(self, seq: int) -> list[AnnotationOp] | None:
         """Ops after ``seq``, or None when the log no longer reaches back that far."""
@@ -132,3 +162,74 @@ def state_digest(state: dict[str, Annotation]) -> str:
 
     items = sorted((a.to_json() for a in state.values()), key=lambda d: str(d["id"]))
     return hashlib.sha256(json.dumps(items, sort_keys=True).encode()).hexdigest()
+
+
+class AnnotationStoreError(Exception):
+    """The persisted annotation log cannot be used (damaged, gapped, edited); says where."""
+
+
+_STORE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS ops (seq INTEGER PRIMARY KEY, op TEXT NOT NULL, id TEXT NOT NULL, body TEXT NOT NULL);
+CREATE TRIGGER IF NOT EXISTS ops_no_update BEFORE UPDATE ON ops
+    BEGIN SELECT RAISE(ABORT, 'annotation log is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS ops_no_delete BEFORE DELETE ON ops
+    BEGIN SELECT RAISE(ABORT, 'annotation log is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS meta_no_update BEFORE UPDATE ON meta
+    BEGIN SELECT RAISE(ABORT, 'annotation epoch is fixed'); END;
+"""
+
+
+class AnnotationStore:
+    """Append-only SQLite file of annotation ops; each op is fsync'd (WAL, synchronous=FULL)
+    before :meth:`append` returns. Its epoch is created with the file and never changes,
+    so headsets keep their replicas across server restarts. Thread-safe."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._lock = threading.Lock()
+        try:
+            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(_STORE_SCHEMA)
+            self._db.execute("INSERT OR IGNORE INTO meta VALUES ('epoch', ?)", (secrets.token_hex(8),))
+            row = self._db.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()
+            last = self._db.execute("SELECT MAX(seq) FROM ops").fetchone()
+        except sqlite3.DatabaseError as exc:
+            msg = f"{path}: not a usable annotation store ({exc})"
+            raise AnnotationStoreError(msg) from None
+        self.epoch: str = str(row[0])
+        self.last_seq: int = int(last[0] or 0)
+
+    def append(self, entry: AnnotationOp) -> None:
+        """Write one op; it is on disk when this returns. Sequence numbers must follow on."""
+        with self._lock:
+            if entry.seq != self.last_seq + 1:
+                msg = f"{self.path}: annotation op {entry.seq} does not follow op {self.last_seq}"
+                raise AnnotationStoreError(msg)
+            body = json.dumps(entry.to_json(), separators=(",", ":"), allow_nan=False)
+            self._db.execute("INSERT INTO ops VALUES (?, ?, ?, ?)", (entry.seq, entry.op, entry.id, body))
+            self.last_seq = entry.seq
+
+    def ops(self) -> list[AnnotationOp]:
+        """Every op in order, checked: sequence without gaps, bodies matching their rows."""
+        with self._lock:
+            rows = self._db.execute("SELECT seq, op, id, body FROM ops ORDER BY seq").fetchall()
+        out: list[AnnotationOp] = []
+        for seq, op, ident, body in rows:
+            try:
+                entry = AnnotationOp.from_json(json.loads(body))
+            except ValueError as exc:
+                msg = f"{self.path}: annotation op {seq} is damaged ({exc})"
+                raise AnnotationStoreError(msg) from None
+            if (entry.seq, entry.op, entry.id) != (seq, op, ident) or seq != len(out) + 1:
+                msg = f"{self.path}: annotation log has a gap or an edit at op {seq} (expected {len(out) + 1})"
+                raise AnnotationStoreError(msg)
+            out.append(entry)
+        return out
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

@@ -110,6 +110,18 @@ class _ModelFetch:
 
 
 @dataclass(frozen=True)
+class AudioChunk:
+    """Mentor voice from the server: PCM s16le, interleaved when stereo."""
+
+    seq: int
+    t_ns: int  # server send time (server clock)
+    sample_rate: int
+    channels: int
+    speaker: str
+    pcm: bytes
+
+
+@dataclass(frozen=True)
 class ResumeState:
     """What a headset may persist to resume annotations after a restart."""
 
@@ -135,6 +147,8 @@ class HeadsetClient:
         self.model_sha256: str | None = None
         self.pose_log: deque[PoseReceipt] = deque(maxlen=100_000)  # every new (non-repeat) pose received
         self.on_annotation: Callable[[AnnotationOp], None] | None = None
+        self.audio: deque[AudioChunk] = deque(maxlen=500)  # 10 s of 20 ms chunks; oldest dropped
+        self.on_audio: Callable[[AudioChunk], None] | None = None
         self._own_ctx = context is None
         self._ctx: zmq.Context[Any] = context if context is not None else zmq.Context(io_threads=1)
         self._sub = client_socket(self._ctx, zmq.SUB, keys, config.server_public)
@@ -157,6 +171,7 @@ class HeadsetClient:
         self._fetch: _ModelFetch | None = None
         self._next_hb = 0.0
         self._next_time = 0.0
+        self._link = _LinkMonitor(config.request_timeout_s)
         if resume is not None:
             # Keep the persisted state; the server answers with only what was missed
             # (or a full snapshot if it restarted meanwhile: a new epoch).
@@ -224,6 +239,11 @@ class HeadsetClient:
         if age > self.config.max_pose_age_s * 1000:
             return f"pose is {age:.0f} ms old"
         return ""
+
+    def link_quality(self, now_ns: int | None = None) -> LinkQuality:
+        """Link health from the headset's side (keepalive gaps, request round trips and losses):
+        show a degraded-link warning when it is not ``good``, independently of the pose status."""
+        return self._link.quality(time.monotonic_ns() if now_ns is None else now_ns)
 
     def resume_state(self) -> ResumeState | None:
         if self.epoch is None or not self.annotations.synced:
@@ -342,7 +362,9 @@ class HeadsetClient:
         if now >= self._next_time:
             # Sample fast until synced, then at the steady rate.
             self._next_time = now + (self.config.time_interval_s if self.clock.synced else 0.05)
-            self._send_ctl("time_req", {})
+            t0 = time.monotonic_ns()
+            self._link.requested(t0)
+            self._send_ctl("time_req", {"t_ns": t0})
         if self._sync_sent is not None and now - self._sync_sent > self.config.request_timeout_s:
             self._request_sync(self.epoch, self.annotations.seq)
         if self._fetch is not None:
@@ -376,8 +398,12 @@ class HeadsetClient:
             if msg is None:
                 continue
             self._heard(t_recv)
+            self._link.delivered(msg.header["t_ns"], t_recv)
             if msg.topic == "ann":
                 self._on_ann(msg)
+                continue
+            if msg.topic == "audio":
+                self._on_audio(msg)
                 continue
             if not msg.header["repeat"]:
                 self._log_pose(msg, t_recv)
@@ -395,6 +421,7 @@ class HeadsetClient:
 
     def _heard(self, t_ns: int) -> None:
         self._last_heard_ns = t_ns
+        self._link.heard(t_ns)
 
     def _on_pose(self, msg: P.Message, t_recv: int) -> None:
         h = msg.header
@@ -410,6 +437,13 @@ class HeadsetClient:
         if self.annotations.synced and h["ann_seq"] > self.annotations.seq and self._sync_sent is None:
             self._request_sync(self.epoch, self.annotations.seq)  # missed the tail: PUB dropped or joined late
         self._check_model(h["model"])
+
+    def _on_audio(self, msg: P.Message) -> None:
+        h = msg.header
+        chunk = AudioChunk(h["seq"], h["t_ns"], h["sample_rate"], h["channels"], h["speaker"], bytes(msg.payload))
+        self.audio.append(chunk)
+        if self.on_audio is not None:
+            self.on_audio(chunk)
 
     def _on_ann(self, msg: P.Message) -> None:
         if msg.header["epoch"] != self.epoch:
@@ -445,6 +479,7 @@ class HeadsetClient:
         h = msg.header
         if msg.topic == "time_rep":
             self.clock.add(sample(h["t0_ns"], h["t1_ns"], h["t2_ns"], t3))
+            self._link.answered(h["t0_ns"], t3)
         elif msg.topic == "snapshot":
             anns = P.json_payload(msg.payload, "snapshot")
             if not isinstance(anns, list):
@@ -514,6 +549,97 @@ class HeadsetClient:
             log.info("model %s (%d bytes) received", f.info.sha256[:12], f.info.size)
         else:
             self._pump_model(time.monotonic())
+
+
+# -- link quality --------------------------------------------------------------------
+# Measured on the headset from what it already exchanges: the server's 50 ms keepalive on
+# SUB (gaps are late or missed keepalives) and the time requests on the DEALER (round trip,
+# and requests left unanswered). TCP hides packet loss as delay, so both show up as time.
+LINK_WINDOW_S = 5.0
+SERVER_KEEPALIVE_S = 0.05  # docs/headset-protocol.md section 4.1
+LATE_GAP_S = 2 * SERVER_KEEPALIVE_S
+LINK_LOST_S = 1.0
+DEGRADED_LATE_KEEPALIVES = 3  # per window: one stall can be the app's own frame hitch
+LATE_DELIVERY_S = 0.05  # one-way delay above the window's floor: a retransmission, not jitter
+DEGRADED_LATE_DELIVERIES = 3  # per window
+DEGRADED_RTT_MS = 50.0  # median round trip; a theatre LAN or Wi-Fi 6 link stays far below
+
+
+@dataclass(frozen=True)
+class LinkQuality:
+    """How the link to the server looks from the headset over the last ``window_s``."""
+
+    status: str  # "good", "degraded" or "lost"
+    reason: str  # why not good (empty when good)
+    rtt_ms: float | None  # median round trip of answered time requests
+    unanswered: int  # time requests with no reply within the request timeout
+    answered: int
+    late_keepalives: int  # SUB silences over twice the keepalive period
+    longest_silence_ms: float
+    late_deliveries: int  # server messages delayed over 50 ms beyond the window's fastest
+    window_s: float = LINK_WINDOW_S
+
+
+class _LinkMonitor:
+    def __init__(self, timeout_s: float, window_s: float = LINK_WINDOW_S) -> None:
+        self._timeout_ns, self._window_ns = int(timeout_s * 1e9), int(window_s * 1e9)
+        self._last_heard: int | None = None
+        self._gaps: deque[tuple[int, int]] = deque(maxlen=4096)  # (at, gap) of late keepalives
+        self._pending: dict[int, int] = {}  # t0 of time requests in flight
+        self._rtts: deque[tuple[int, int]] = deque(maxlen=256)  # (at, rtt)
+        self._lost: deque[int] = deque(maxlen=256)  # when a request was given up
+        # (received, received - sent): the two clocks' offset is unknown but constant, so a
+        # delay above the window's minimum is queueing or TCP retransmission (hidden loss).
+        self._delays: deque[tuple[int, int]] = deque(maxlen=4096)
+
+    def delivered(self, t_sent: int, t_recv: int) -> None:
+        self._delays.append((t_recv, t_recv - t_sent))
+
+    def heard(self, t_ns: int) -> None:
+        if self._last_heard is not None and t_ns - self._last_heard > LATE_GAP_S * 1e9:
+            self._gaps.append((t_ns, t_ns - self._last_heard))
+        self._last_heard = t_ns
+
+    def requested(self, t0: int) -> None:
+        self._expire(t0)
+        self._pending[t0] = t0
+
+    def answered(self, t0: int, t3: int) -> None:
+        if self._pending.pop(t0, None) is not None:
+            self._rtts.append((t3, t3 - t0))
+
+    def _expire(self, now: int) -> None:
+        for t0 in [t for t in self._pending if now - t > self._timeout_ns]:
+            del self._pending[t0]
+            self._lost.append(now)
+
+    def quality(self, now: int) -> LinkQuality:
+        self._expire(now)
+        since = now - self._window_ns
+        gaps = [g for at, g in self._gaps if at >= since]
+        silence = 0 if self._last_heard is None else now - self._last_heard
+        longest = max([*gaps, silence]) / 1e6
+        rtts = sorted(r for at, r in self._rtts if at >= since)
+        rtt = rtts[len(rtts) // 2] / 1e6 if rtts else None
+        lost = sum(1 for at in self._lost if at >= since)
+        delays = [d for at, d in self._delays if at >= since]
+        floor = min(delays, default=0)
+        late = sum(1 for d in delays if d - floor > LATE_DELIVERY_S * 1e9)
+        reasons = []
+        if self._last_heard is None or silence > LINK_LOST_S * 1e9:
+            reasons.append(
+                "nothing heard from the server" if self._last_heard is None else f"silent {silence / 1e6:.0f} ms"
+            )
+        if len(gaps) >= DEGRADED_LATE_KEEPALIVES:
+            reasons.append(f"{len(gaps)} late keepalives")
+        if late >= DEGRADED_LATE_DELIVERIES:
+            reasons.append(f"{late} late deliveries")
+        if lost:
+            reasons.append(f"{lost} unanswered requests")
+        if rtt is not None and rtt > DEGRADED_RTT_MS:
+            reasons.append(f"round trip {rtt:.0f} ms")
+        status = "good" if not reasons else "lost" if reasons[0].startswith(("nothing", "silent")) else "degraded"
+        return LinkQuality(status, "; ".join(reasons), rtt, lost, len(rtts), len(gaps), longest, late)
 
 
 def _num(value: float | None) -> float:

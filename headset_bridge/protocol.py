@@ -81,9 +81,12 @@ SCHEMAS: Final[dict[str, dict[str, str]]] = {
     },
     "video": {"t_capture_ns": INT, "width": INT, "height": INT, "encoding": STR},
     "headset_pose": {"t_capture_ns": INT},
+    # server -> headset, PUB: mentor voice for the surgeon (PCM s16le)
+    "audio": {"sample_rate": INT, "channels": INT, "format": STR, "speaker": STR},
 }
 
-SERVER_TOPICS: Final = frozenset({"pose", "ann"})
+SERVER_TOPICS: Final = frozenset({"pose", "ann", "audio"})
+MAX_AUDIO_BYTES: Final = 64 * 1024
 REPLY_TYPES: Final = frozenset({"snapshot", "ann_batch", "time_rep", "model_chunk", "error"})
 UPLINK_TYPES: Final = frozenset({"sync", "hb", "time_req", "model_get", "depth", "video", "headset_pose"})
 
@@ -228,6 +231,8 @@ def _check_payload(topic: str, header: dict[str, Any], payload: Buffer) -> None:
         expected = (_depth_bytes(header),)
     elif topic == "video":
         expected = _video_bytes(header)
+    elif topic == "audio":
+        _check_audio(header, n)
     if expected is not None and n not in expected:
         raise ProtocolError("bad_payload", f"{topic} payload must be {expected} bytes, got {n!r}")
 
@@ -241,6 +246,19 @@ def _depth_bytes(header: dict[str, Any]) -> int:
     if header["depth_unit_mm"] <= 0:
         raise ProtocolError("bad_field", f"depth_unit_mm must be > 0, got {header['depth_unit_mm']!r}")
     return int(w * h * 2)
+
+
+def _check_audio(header: dict[str, Any], n: int) -> None:
+    rate, channels = header["sample_rate"], header["channels"]
+    if header["format"] != "s16le" or not (8000 <= rate <= 48000 and 1 <= channels <= 2):
+        raise ProtocolError(
+            "bad_field",
+            f"audio must be s16le, 8-48 kHz, 1-2 channels, got {header['format']!r:.20} {rate!r} Hz {channels!r} ch",
+        )
+    if n % (2 * channels) or n > MAX_AUDIO_BYTES:
+        raise ProtocolError(
+            "bad_payload", f"audio payload must be whole s16 samples up to {MAX_AUDIO_BYTES} bytes, got {n!r}"
+        )
 
 
 def _video_bytes(header: dict[str, Any]) -> tuple[int, ...] | None:

@@ -24,13 +24,14 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import zmq
 
 from headset_bridge import protocol as P
-from headset_bridge.annotations import AnnotationLog
+from headset_bridge.annotations import AnnotationLog, AnnotationStore
 from headset_bridge.keys import Allowlist, KeyPair
 from headset_bridge.messages import (
     Annotation,
@@ -63,6 +64,8 @@ class ServerConfig:
     pub_hwm: int = 64
     ctl_hwm: int = 64
     chunk_size: int = 256 * 1024
+    # SQLite file of annotation ops: survives a server crash, and keeps the epoch (no resync)
+    annotation_store: Path | None = None
 
     @classmethod
     def ephemeral(cls, **kw: Any) -> ServerConfig:
@@ -94,7 +97,11 @@ class BridgeServer:
         self.config = config or ServerConfig()
         self.keys = keys
         self.allowlist = allowlist
-        self.epoch = secrets.token_hex(8)  # changes on restart: headsets resync
+        # A persisted annotation log keeps its epoch across restarts; otherwise it changes
+        # on restart and headsets resync from a snapshot.
+        store = AnnotationStore(self.config.annotation_store) if self.config.annotation_store else None
+        self._store = store
+        self.epoch = store.epoch if store is not None else secrets.token_hex(8)
         self.counters = Counters()
         self.pub_endpoint = ""
         self.ctl_endpoint = ""
@@ -106,9 +113,10 @@ class BridgeServer:
         self._pub_lock = threading.Lock()
         self._latest: PoseUpdate | None = None
         self._latest_at_ns = 0
-        self._log = AnnotationLog()
+        self._log = AnnotationLog(store=store)
         self._model: bytes | None = None
         self._model_info: ModelInfo | None = None
+        self._audio_seq = 0
         # _cond: headsets, uplink queues, counters; notified whenever they change.
         self._cond = threading.Condition(threading.RLock())
         self._headsets: dict[str, HeadsetInfo] = {}
@@ -149,6 +157,8 @@ class BridgeServer:
         if self._auth is not None:
             self._auth.stop()
         self._ctx.term()
+        if self._store is not None:
+            self._store.close()
 
     def __enter__(self) -> BridgeServer:
         return self.start()
@@ -183,6 +193,23 @@ class BridgeServer:
             }
             self._send_pub(P.encode("ann", header, P.json_bytes(entry.to_json())))
         return entry
+
+    def publish_audio(self, pcm: bytes, sample_rate: int, channels: int = 1, speaker: str = "") -> int:
+        """Send mentor voice (PCM s16le) to every headset; never blocks. Returns its seq."""
+        with self._pub_lock:
+            self._audio_seq += 1
+            header = {
+                "seq": self._audio_seq,
+                "t_ns": time.monotonic_ns(),
+                "sample_rate": sample_rate,
+                "channels": channels,
+                "format": "s16le",
+                "speaker": speaker,
+            }
+            frames = P.encode("audio", header, pcm)
+            P.decode(frames, allowed=P.SERVER_TOPICS)  # refuse here what a headset would drop
+            self._send_pub(frames)
+            return self._audio_seq
 
     def set_model(self, glb: bytes) -> ModelInfo:
         """Publish a new patient model; headsets fetch it only if its hash changed."""

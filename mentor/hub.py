@@ -1,0 +1,270 @@
+"""The event-loop side of one room: its peers (aiortc), its video relay, its broadcasts.
+
+Everything here runs on the mentor server's loop. A peer is one browser (or other WebRTC
+client) with a validated token: it receives the room's video at its quality level, may
+send its microphone (mentors only: it goes to the surgeon), and talks JSON over one
+ordered, reliable data channel ("mentor").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Final
+
+import av
+from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError
+
+from mentor.config import MentorConfig
+from mentor.frameclock import FrameClock
+from mentor.room import Ack, MentorRoom, Participant
+from mentor.signalling import Annotate, Erase, OfferRequest, Ping, Quality, SignallingError, parse_message
+from mentor.tokens import Claims
+from mentor.video import VideoRelay, ViewerTrack, route_keyframe_requests
+
+log = logging.getLogger(__name__)
+
+VOICE_RATE: Final = 16_000  # Hz, mono s16le: speech for the headset's speaker
+CHANNEL: Final = "mentor"
+
+
+def _vp8_only(transceiver: Any) -> None:
+    # The shared encoder produces VP8; make sure the answer does not pick H264.
+    codecs = [c for c in RTCRtpSender.getCapabilities("video").codecs if c.mimeType in ("video/VP8", "video/rtx")]
+    transceiver.setCodecPreferences(codecs)
+
+
+class Peer:
+    def __init__(self, hub: RoomHub, claims: Claims, quality: str) -> None:
+        self.hub = hub
+        self.claims = claims
+        self.quality = quality
+        self.pc = RTCPeerConnection(
+            RTCConfiguration(iceServers=[RTCIceServer(**s.to_json()) for s in hub.config.ice_servers])
+        )
+        self.participant: Participant | None = None
+        self.channel: Any = None
+        self.sender: Any = None
+        self.track: ViewerTrack | None = None
+        self.clock = FrameClock()
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.closed = False
+        self._last_marks = ""
+        self.pc.on("datachannel", self._on_datachannel)
+        self.pc.on("track", self._on_track)
+        self.pc.on("connectionstatechange", self._on_state)
+
+    # -- negotiation -------------------------------------------------------------
+    async def answer(self, offer: OfferRequest) -> dict[str, Any]:
+        await self.pc.setRemoteDescription(RTCSessionDescription(offer.sdp, "offer"))
+        if self.pc.sctp is None:
+            msg = "offer has no data channel (m=application): marks and status need one"
+            raise ValueError(msg)
+        video = [t for t in self.pc.getTransceivers() if t.kind == "video"]
+        if video:
+            _vp8_only(video[0])
+            # A track even in annotation-only mode (it then carries nothing), so that
+            # switching quality later needs no renegotiation.
+            self.track = self.hub.relay.subscribe(self.quality)
+            self.sender = self.pc.addTrack(self.track)
+            route_keyframe_requests(self.sender, self._keyframe)
+        await self.pc.setLocalDescription(await self.pc.createAnswer())
+        self.participant = self.hub.room.join(self.claims, self.quality)
+        desc = self.pc.localDescription
+        return {"sdp": desc.sdp, "type": desc.type, **self.hello()}
+
+    def hello(self) -> dict[str, Any]:
+        cam = self.hub.room.camera
+        return {
+            "participant": None if self.participant is None else self.participant.id,
+            "name": self.claims.name,
+            "role": self.claims.role,
+            "may_annotate": self.claims.may_annotate,
+            "quality": self.quality,
+            "camera": {"width": cam.width, "height": cam.height},
+        }
+
+    def _keyframe(self) -> None:
+        if self.track is not None and self.track.source is not None:
+            self.track.source.request_keyframe()
+
+    def set_quality(self, level: str) -> None:
+        if self.track is None or level == self.quality:
+            return  # no video was negotiated, or nothing changes
+        self.track.switch(self.hub.relay.level(level))
+        self.quality = level
+        self.hub.broadcast_participants()
+
+    # -- events ------------------------------------------------------------------
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def _on_datachannel(self, channel: Any) -> None:
+        if channel.label != CHANNEL:
+            return
+        self.channel = channel
+        channel.on("message", self._on_message)
+        channel.on("open", self._on_open)
+        if channel.readyState == "open":
+            self._on_open()
+
+    def _on_open(self) -> None:
+        self.send({"type": "hello", **self.hello()})
+        self.hub.broadcast_participants()
+        self._last_marks = ""
+        self.push_views()
+
+    def _on_track(self, track: Any) -> None:
+        if track.kind == "audio" and self.claims.may_annotate:
+            self._spawn(self._voice(track))
+        else:
+            self._spawn(_drain(track))  # unconsumed remote tracks queue frames without bound
+
+    def _on_state(self) -> None:
+        if self.pc.connectionState in ("failed", "closed") and not self.closed:
+            self._spawn(self.hub.remove(self, self.pc.connectionState))
+
+    async def _voice(self, track: Any) -> None:
+        resampler = av.AudioResampler(format="s16", layout="mono", rate=VOICE_RATE)
+        with contextlib.suppress(MediaStreamError):
+            while True:
+                frame = await track.recv()
+                for out in resampler.resample(frame):
+                    self.hub.room.voice(self.claims.name, bytes(out.planes[0])[: out.samples * 2], VOICE_RATE)
+
+    def _on_message(self, message: str | bytes) -> None:
+        try:
+            self._handle(message)
+        except Exception as exc:  # a fault here must cost one message, not the connection
+            self.hub.room.count("internal_error")
+            log.exception("mentor message handling failed")
+            self.send({"type": "error", "error": f"server error: {str(exc)[:200]}"})
+
+    def _handle(self, message: str | bytes) -> None:
+        room = self.hub.room
+        try:
+            msg = parse_message(message, self.hub.config.max_dc_message_bytes)
+        except SignallingError as exc:
+            room.count("bad_message")
+            log.info("bad data-channel message from %s: %s", self.participant and self.participant.id, exc)
+            self.send({"type": "error", "error": str(exc)})
+            return
+        if isinstance(msg, Annotate):
+            self._ack(room.annotate(self.claims, msg, self.clock))
+        elif isinstance(msg, Erase):
+            self._ack(room.erase(self.claims, msg))
+        elif isinstance(msg, Quality):
+            self.set_quality(msg.level)
+        elif isinstance(msg, Ping):
+            self.send({"type": "pong", "t": msg.t})
+
+    def _ack(self, ack: Ack) -> None:
+        self.send(ack.to_json())
+        if ack.ok and not ack.duplicate:
+            self.hub.push_marks()
+
+    def send(self, payload: dict[str, Any]) -> None:
+        if self.channel is not None and self.channel.readyState == "open":
+            self.channel.send(json.dumps(payload, separators=(",", ":")))
+
+    def push_views(self) -> None:
+        marks = json.dumps(self.hub.room.marks_view(), separators=(",", ":"))
+        if marks != self._last_marks and self.channel is not None and self.channel.readyState == "open":
+            self._last_marks = marks
+            self.channel.send(marks)
+
+    async def close(self) -> None:
+        self.closed = True
+        if self.track is not None:
+            self.track.stop()
+        for task in list(self.tasks):
+            if task is not asyncio.current_task():
+                task.cancel()
+        await self.pc.close()
+
+
+async def _drain(track: Any) -> None:
+    with contextlib.suppress(MediaStreamError):
+        while True:
+            await track.recv()
+
+
+class RoomHub:
+    def __init__(self, room: MentorRoom, config: MentorConfig, loop: asyncio.AbstractEventLoop) -> None:
+        self.room = room
+        self.config = config
+        self.loop = loop
+        self.relay = VideoRelay()
+        self.peers: set[Peer] = set()
+        self._ticker: asyncio.Task[None] | None = None
+        self._audit_writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"audit-{room.session}")
+
+    def start(self) -> None:
+        self.room.audit_writer = self._audit_writer
+        self.relay.start()
+        self._ticker = self.loop.create_task(self._tick(), name=f"mentor-{self.room.session}")
+        loop = self.loop
+
+        def listener(rgb: Any, t_ns: int) -> None:
+            loop.call_soon_threadsafe(self.relay.offer, rgb, t_ns)
+
+        self.room.video_listener = listener
+
+    async def stop(self) -> None:
+        self.room.video_listener = None
+        for peer in list(self.peers):
+            await self.remove(peer, "server stopping")
+        if self._ticker is not None:
+            self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
+        await self.relay.stop()
+        self.room.audit_writer = None
+        # Flush: every audit row queued so far is on disk before stop() returns.
+        await asyncio.get_running_loop().run_in_executor(None, self._audit_writer.shutdown, True)
+
+    async def connect(self, claims: Claims, offer: OfferRequest) -> dict[str, Any]:
+        peer = Peer(self, claims, offer.quality)
+        self.peers.add(peer)
+        try:
+            return await peer.answer(offer)
+        except Exception:
+            await self.remove(peer, "negotiation failed")
+            raise
+
+    async def remove(self, peer: Peer, reason: str) -> None:
+        if peer not in self.peers:
+            return
+        self.peers.discard(peer)
+        await peer.close()
+        if peer.participant is not None:
+            self.room.leave(peer.participant.id, reason)
+        self.broadcast_participants()
+
+    def broadcast(self, payload: dict[str, Any]) -> None:
+        for peer in list(self.peers):
+            peer.send(payload)
+
+    def broadcast_participants(self) -> None:
+        people = [p.participant.to_json() | {"quality": p.quality} for p in self.peers if p.participant is not None]
+        self.broadcast({"type": "participants", "list": people})
+
+    def push_marks(self) -> None:
+        for peer in list(self.peers):
+            peer.push_views()
+
+    async def _tick(self) -> None:
+        period = 1.0 / self.config.status_hz
+        while True:
+            await asyncio.sleep(period)
+            try:
+                self.push_marks()  # re-projected with the current pose; sent only when changed
+                self.broadcast(self.room.status_view())
+            except Exception:  # a broadcast error must not stop the ticker
+                log.exception("mentor status tick failed")

@@ -1,0 +1,394 @@
+"""One theatre session as the mentors see it: who is in, the marks, the poses, the video.
+
+``push_video`` and ``push_pose`` are called from the bridge / registration threads; the
+rest runs on the mentor server's event loop. Marks are anchored with the pose of the
+frame the mentor clicked on (looked up by capture time), stored in model mm, sent to the
+headsets through ``publish_annotation`` and re-projected for the mentors with the current
+pose. A mark that cannot be anchored stays a 2D screen mark and says why.
+
+Every mark request carries the page's own id (``cid``): the answer to a request is
+remembered, so a re-send after a lost acknowledgement is answered again, never applied twice.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import logging
+import secrets
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import numpy as np
+import numpy.typing as npt
+
+from headset_bridge.messages import Annotation, AnnotationOpName
+from mentor.anchoring import Anchor, FramePose, MeshRayCaster, anchor_click, project_marks
+from mentor.frameclock import FrameClock
+from mentor.signalling import Annotate, Erase
+from mentor.tokens import Claims
+from registration.depth import PinholeIntrinsics
+from scrubin.audit import AuditLog
+
+log = logging.getLogger(__name__)
+
+MAX_STROKE_POINTS: Final = 64  # a stroke is resampled to this many anchored points at most
+MAX_REMEMBERED_ACKS: Final = 10_000
+STALE_POSE_MS: Final = 500.0
+MAX_FRAMES_KEPT: Final = 600  # capture times of recent frames (20 s at 30 fps)
+
+PublishAnnotation = Callable[[AnnotationOpName, Annotation | str], object]
+
+
+@dataclass(frozen=True)
+class Participant:
+    id: str
+    name: str
+    role: str
+    quality: str
+    joined_ns: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "name": self.name, "role": self.role, "quality": self.quality}
+
+
+@dataclass(frozen=True)
+class Mark:
+    annotation: Annotation
+    anchored: bool
+    reason: str  # "hit the model", or why it stays 2D
+    t_capture_ns: int | None
+
+
+@dataclass(frozen=True)
+class Ack:
+    cid: str
+    ok: bool
+    id: str = ""
+    anchored: bool = False
+    reason: str = ""
+    error: str = ""
+    t_capture_ns: int | None = None
+    point_model_mm: tuple[float, float, float] | None = None
+    duplicate: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "type": "ack",
+            "cid": self.cid,
+            "ok": self.ok,
+            "id": self.id,
+            "anchored": self.anchored,
+            "reason": self.reason,
+            "error": self.error,
+            "t_capture_ns": None if self.t_capture_ns is None else str(self.t_capture_ns),
+            "point_model_mm": self.point_model_mm,
+            "duplicate": self.duplicate,
+        }
+
+
+@dataclass(frozen=True)
+class VoiceChunk:
+    """Mentor speech for the surgeon: PCM s16le, mono."""
+
+    speaker: str
+    pcm: bytes
+    sample_rate: int
+    t_ns: int
+
+
+@dataclass
+class _Poses:
+    times: list[int] = field(default_factory=list)
+    poses: list[FramePose] = field(default_factory=list)
+
+
+class MentorRoom:
+    """Per-session state; one per theatre session (see module docstring for threads)."""
+
+    def __init__(
+        self,
+        session: str,
+        token_secret: bytes,
+        caster: MeshRayCaster,
+        camera: PinholeIntrinsics,
+        publish_annotation: PublishAnnotation,
+        audit: AuditLog | None,
+        publish_voice: Callable[[VoiceChunk], object] | None = None,
+        max_pose_gap_ms: float = 100.0,
+        pose_history_s: float = 5.0,
+    ) -> None:
+        self.session = session
+        self.token_secret = token_secret
+        self.caster = caster
+        self.camera = camera
+        self.publish_annotation = publish_annotation
+        self.publish_voice = publish_voice
+        self.audit = audit
+        self.audit_writer: Executor | None = None  # set by the server: writes off its event loop
+        self.participants: dict[str, Participant] = {}
+        self.marks: dict[str, Mark] = {}
+        self.counters: dict[str, int] = {}
+        self.video_listener: Callable[[npt.NDArray[np.uint8], int], None] | None = None
+        self._max_gap_ns = int(max_pose_gap_ms * 1e6)
+        self._history_ns = int(pose_history_s * 1e9)
+        self._lock = threading.Lock()  # poses and frame times: written from other threads
+        self._poses = _Poses()
+        self._frames: deque[int] = deque(maxlen=MAX_FRAMES_KEPT)  # capture times of recent frames
+        self._acks: OrderedDict[tuple[str, str], Ack] = OrderedDict()
+        self._ids = itertools.count(1)
+
+    # -- other threads ---------------------------------------------------------
+    def push_video(self, rgb: npt.NDArray[np.uint8], t_capture_ns: int) -> None:
+        """A headset video frame (H, W, 3) uint8 RGB; any thread."""
+        if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+            msg = f"video frame must be (H, W, 3) uint8, got {rgb.shape!r} {rgb.dtype}"
+            raise ValueError(msg)
+        with self._lock:
+            self._frames.append(t_capture_ns)
+        listener = self.video_listener
+        if listener is not None:
+            listener(rgb, t_capture_ns)
+
+    def push_pose(self, t_capture_ns: int, pose: FramePose) -> None:
+        """The camera and model poses at a capture time (same clock as the video); any thread."""
+        with self._lock:
+            p = self._poses
+            i = bisect.bisect_right(p.times, t_capture_ns)
+            p.times.insert(i, t_capture_ns)
+            p.poses.insert(i, pose)
+            cut = bisect.bisect_left(p.times, p.times[-1] - self._history_ns)
+            if cut:
+                del p.times[:cut], p.poses[:cut]
+
+    def latest_pose(self) -> tuple[int, FramePose] | None:
+        with self._lock:
+            p = self._poses
+            return (p.times[-1], p.poses[-1]) if p.times else None
+
+    def pose_at(self, t_capture_ns: int) -> tuple[int, FramePose] | None:
+        """The pose nearest in capture time, if within the allowed gap."""
+        with self._lock:
+            p = self._poses
+            i = bisect.bisect_left(p.times, t_capture_ns)
+            best = min(
+                (j for j in (i - 1, i) if 0 <= j < len(p.times)),
+                key=lambda j: abs(p.times[j] - t_capture_ns),
+                default=None,
+            )
+            if best is None or abs(p.times[best] - t_capture_ns) > self._max_gap_ns:
+                return None
+            return p.times[best], p.poses[best]
+
+    def capture_times(self) -> list[int]:
+        """Capture times of the recent video frames, sorted."""
+        with self._lock:
+            return sorted(self._frames)
+
+    # -- loop thread -----------------------------------------------------------
+    def count(self, reason: str) -> None:
+        self.counters[reason] = self.counters.get(reason, 0) + 1
+
+    def join(self, claims: Claims, quality: str) -> Participant:
+        pid = secrets.token_hex(4)
+        p = Participant(pid, claims.name, claims.role, quality, time.time_ns())
+        self.participants[pid] = p
+        self._audit(claims.name, claims.role, "join", participant=pid, quality=quality)
+        return p
+
+    def leave(self, pid: str, reason: str = "closed") -> None:
+        p = self.participants.pop(pid, None)
+        if p is not None:
+            self._audit(p.name, p.role, "leave", participant=pid, reason=reason)
+
+    def refused(self, reason: str, remote: str) -> None:
+        self.count("refused_token")
+        self._audit("-", "-", "refused", reason=reason, remote=remote)
+
+    def frame_time(self, req: Annotate, clock: FrameClock | None) -> tuple[int | None, str]:
+        """Capture time of the clicked frame (None: use the latest pose), or why it is unknown."""
+        if req.t_capture_ns is not None:
+            return req.t_capture_ns, ""
+        if req.rtp_ts is None:
+            return None, ""
+        if clock is None:
+            return None, "this viewer has no video clock"
+        captures = self.capture_times()
+        t = clock.capture_time(req.rtp_ts, captures)
+        if t is None and clock.calibrate(req.rtp_recent, captures):
+            t = clock.capture_time(req.rtp_ts, captures)
+        return (t, "") if t is not None else (None, "the clicked video frame is no longer known")
+
+    def annotate(self, claims: Claims, req: Annotate, clock: FrameClock | None = None) -> Ack:
+        """Anchor and publish a mark, or answer again what was answered for this cid."""
+        key = (claims.nonce, req.cid)
+        if key in self._acks:
+            self.count("duplicate")
+            return _duplicate(self._acks[key])
+        if not claims.may_annotate:
+            self._audit(claims.name, claims.role, "refused_annotation", cid=req.cid)
+            return Ack(req.cid, False, error=f"role {claims.role!r} cannot annotate")
+        try:
+            ack = self._place(claims, req, clock)
+        except ValueError as exc:
+            ack = Ack(req.cid, False, error=str(exc))
+        return self._remember(key, ack)
+
+    def erase(self, claims: Claims, req: Erase) -> Ack:
+        key = (claims.nonce, req.cid)
+        if key in self._acks:
+            self.count("duplicate")
+            return _duplicate(self._acks[key])
+        if not claims.may_annotate:
+            self._audit(claims.name, claims.role, "refused_annotation", cid=req.cid)
+            return Ack(req.cid, False, error=f"role {claims.role!r} cannot erase")
+        mark = self.marks.get(req.id)
+        if mark is None:
+            return self._remember(key, Ack(req.cid, False, id=req.id, error=f"no mark with id {req.id!r}"))
+        if mark.anchored:
+            self.publish_annotation("delete", req.id)  # raises: the mark stays, the page re-sends
+        del self.marks[req.id]
+        self._audit(claims.name, claims.role, "erase", id=req.id)
+        return self._remember(key, Ack(req.cid, True, id=req.id))
+
+    def _remember(self, key: tuple[str, str], ack: Ack) -> Ack:
+        self._acks[key] = ack
+        while len(self._acks) > MAX_REMEMBERED_ACKS:
+            self._acks.popitem(last=False)
+        return ack
+
+    def _place(self, claims: Claims, req: Annotate, clock: FrameClock | None) -> Ack:
+        uv = _resample(req.uv)
+        t_capture_ns, unknown = self.frame_time(req, clock)
+        if unknown:
+            anchors, reason, t_frame = [Anchor(False, None, p, unknown) for p in uv], unknown, None
+        else:
+            anchors, reason, t_frame = self._anchor_all(uv, t_capture_ns)
+        anchored = all(a.anchored for a in anchors)
+        ident = f"m{next(self._ids)}-{secrets.token_hex(3)}"
+        points = tuple(a.point_model_mm for a in anchors if a.point_model_mm is not None) if anchored else ()
+        ann = Annotation(
+            id=ident,
+            kind=req.kind,
+            author=claims.name,
+            role=claims.role,
+            points_mm=points,
+            created_ns=time.time_ns(),
+            text=req.text,
+            color=req.color,
+            screen_xy=uv,
+        )
+        if anchored:
+            self.publish_annotation("add", ann)  # first: a mark the headsets never got is not kept
+        self.marks[ident] = Mark(ann, anchored, reason, t_frame)
+        first = points[0] if points else None
+        self._audit(
+            claims.name,
+            claims.role,
+            "annotation",
+            id=ident,
+            kind=req.kind,
+            anchored=anchored,
+            reason=reason,
+            t_capture_ns=t_frame,
+            point_model_mm=first,
+            points=len(points),
+        )
+        return Ack(req.cid, True, ident, anchored, reason, t_capture_ns=t_frame, point_model_mm=first)
+
+    def _anchor_all(
+        self, uv: tuple[tuple[float, float], ...], t_capture_ns: int | None
+    ) -> tuple[list[Anchor], str, int | None]:
+        found = self.latest_pose() if t_capture_ns is None else self.pose_at(t_capture_ns)
+        if found is None:
+            why = (
+                "no pose yet"
+                if t_capture_ns is None
+                else f"no pose within {self._max_gap_ns / 1e6:.0f} ms of the frame"
+            )
+            return [Anchor(False, None, p, why) for p in uv], why, t_capture_ns
+        t_pose, pose = found
+        anchors = [anchor_click(u, v, self.camera, pose, self.caster) for u, v in uv]
+        misses = [a for a in anchors if not a.anchored]
+        if not misses:
+            return anchors, "hit the model", t_capture_ns if t_capture_ns is not None else t_pose
+        why = misses[0].reason if len(anchors) == 1 else f"{len(misses)} of {len(anchors)} points: {misses[0].reason}"
+        return anchors, why, t_capture_ns if t_capture_ns is not None else t_pose
+
+    def marks_view(self) -> dict[str, Any]:
+        """Every mark where it appears now: anchored ones projected with the current pose."""
+        latest = self.latest_pose()
+        items = []
+        for m in self.marks.values():
+            a = m.annotation
+            item: dict[str, Any] = {
+                "id": a.id,
+                "kind": a.kind,
+                "author": a.author,
+                "text": a.text,
+                "color": a.color,
+                "anchored": m.anchored,
+                "reason": m.reason,
+            }
+            if m.anchored and latest is not None:
+                pose = latest[1]
+                uv, visible = project_marks(a.points_mm, self.camera, pose.T_world_camera, pose.T_world_model)
+                item["uv"] = [
+                    [round(float(u), 1), round(float(v), 1), bool(s)] for (u, v), s in zip(uv, visible, strict=True)
+                ]
+            else:
+                item["uv"] = [[u, v, not m.anchored] for u, v in (a.screen_xy or ())]
+            items.append(item)
+        return {"type": "marks", "items": items}
+
+    def status_view(self, now_ns: int | None = None) -> dict[str, Any]:
+        latest = self.latest_pose()
+        status, age_ms = "lost", None
+        if latest is not None:
+            status = latest[1].status
+            age_ms = ((time.monotonic_ns() if now_ns is None else now_ns) - latest[0]) / 1e6
+        if age_ms is not None and age_ms > STALE_POSE_MS:
+            status = "lost"  # the registration loop went quiet: never show an old pose as live
+        return {"type": "status", "tracking": status, "pose_age_ms": age_ms}
+
+    def voice(self, speaker: str, pcm: bytes, sample_rate: int) -> None:
+        if self.publish_voice is None:
+            return
+        try:
+            self.publish_voice(VoiceChunk(speaker, pcm, sample_rate, time.monotonic_ns()))
+        except Exception:  # voice is best effort: a chunk lost, never the connection
+            self.count("voice_error")
+            log.exception("publishing mentor voice failed")
+
+    def _audit(self, actor: str, role: str, action: str, **detail: Any) -> None:
+        if self.audit is None:
+            return
+        writer = self.audit_writer
+        if writer is None:
+            self._write_audit(actor, role, action, detail)
+        else:  # one worker thread keeps the order; the event loop never waits for fsync
+            writer.submit(self._write_audit, actor, role, action, detail)
+
+    def _write_audit(self, actor: str, role: str, action: str, detail: dict[str, Any]) -> None:
+        assert self.audit is not None
+        try:
+            self.audit.append(actor, role, action, session=self.session, **detail)
+        except Exception:  # an audit failure is logged loudly but must not drop the mark
+            log.exception("audit append failed for %s", action)
+            self.counters["audit_error"] = self.counters.get("audit_error", 0) + 1
+
+
+def _duplicate(ack: Ack) -> Ack:
+    return Ack(**{**ack.__dict__, "duplicate": True})
+
+
+def _resample(uv: tuple[tuple[float, float], ...]) -> tuple[tuple[float, float], ...]:
+    if len(uv) <= MAX_STROKE_POINTS:
+        return uv
+    idx = np.linspace(0, len(uv) - 1, MAX_STROKE_POINTS).round().astype(int)
+    return tuple(uv[i] for i in idx)
