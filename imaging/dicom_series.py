@@ -12,6 +12,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -27,6 +28,7 @@ from imaging.dicom_fast import (
 )
 from imaging.errors import InputError
 from imaging.geometry import Geometry
+from imaging.guarded import run_guarded
 from imaging.volume import SourceInfo, Volume
 
 log = logging.getLogger(__name__)
@@ -45,6 +47,7 @@ _HEADER_TAGS = (
     (0x0028, 0x0011),  # Columns
     (0x0018, 0x1120),  # Gantry/Detector Tilt
     (0x0008, 0x0060),  # Modality
+    (0x0028, 0x0008),  # Number of Frames
 )
 MIN_SLICES_FOR_PARALLEL_READ = 16
 # Storage classes whose slices must carry a position (CT, enhanced CT, MR, enhanced MR, PET,
@@ -86,7 +89,10 @@ def list_series(folder: Path) -> list[SeriesEntry]:
     """
     files = _folder_files(folder)
     entries = _scan_fast(files)
-    return entries if entries is not None else _scan(files)
+    if entries is not None:
+        return entries
+    # pydicom parses whatever it is given (deep nesting, huge lengths): in a guarded child.
+    return run_guarded(folder, "reading the DICOM headers", lambda: _scan(files))
 
 
 def _folder_files(folder: Path) -> list[Path]:
@@ -130,17 +136,26 @@ def _scan(files: list[Path]) -> list[SeriesEntry]:
 
 def _read_header(path: Path) -> tuple[str, str, str, SliceHeader] | None:
     import pydicom
-    from pydicom.errors import InvalidDicomError
 
     try:
         ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=list(_HEADER_TAGS))
-    except (InvalidDicomError, EOFError, OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+        meta = getattr(ds, "file_meta", None)
+        has_meta = meta is not None and "TransferSyntaxUID" in meta and "MediaStorageSOPClassUID" in meta
+        frames = _int_tag(ds, "NumberOfFrames", 1)
+        rows, columns = _int_tag(ds, "Rows", 0), _int_tag(ds, "Columns", 0)
+    except Exception as exc:  # hostile bytes can make a parser raise anything at all
         if has_dicom_preamble(path):  # a DICOM file that cannot be parsed is damaged, not foreign
             msg = f"{path}: damaged DICOM file ({exc.__class__.__name__}: {str(exc)[:120]})"
             raise InputError(msg) from None
         return None
+    if not has_meta and has_dicom_preamble(path):
+        msg = f"{path}: damaged or incomplete DICOM slice (file meta lacks the transfer syntax or SOP class)"
+        raise InputError(msg)
+    sop_class = str(getattr(meta, "MediaStorageSOPClassUID", "") or "")
+    if frames != 1 and ("ImagePositionPatient" in ds or sop_class in _VOLUME_SOP_CLASSES):
+        msg = f"{path}: (0028,0008) Number of Frames is {frames}; only single-frame slices are supported"
+        raise InputError(msg)
     if "ImagePositionPatient" not in ds:
-        sop_class = str(getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", "") or "")
         if sop_class in _VOLUME_SOP_CLASSES:  # a CT/MR/PET slice without position: truncated
             msg = f"{path}: damaged or incomplete DICOM slice (no Image Position (Patient))"
             raise InputError(msg)
@@ -150,7 +165,6 @@ def _read_header(path: Path) -> tuple[str, str, str, SliceHeader] | None:
     position = _numbers(ds.get("ImagePositionPatient"), 3, path, "(0020,0032) Image Position (Patient)")
     orientation = _numbers(ds.get("ImageOrientationPatient"), 6, path, "(0020,0037) Image Orientation (Patient)")
     tilt = _tilt(ds.get("GantryDetectorTilt"), path)
-    rows, columns = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
     if rows <= 0 or columns <= 0:
         msg = f"{path}: invalid image size Rows={rows} Columns={columns}"
         raise InputError(msg)
@@ -164,9 +178,21 @@ def _numbers(value: object, n: int, path: Path, tag: str) -> list[float]:
     except (TypeError, ValueError):
         numbers = []
     if len(numbers) != n or not all(np.isfinite(numbers)):
-        msg = f"{path}: tag {tag} should hold {n} numbers, got {value!r}"
+        msg = f"{path}: tag {tag} should hold {n} numbers, got {value!r:.120}"
         raise InputError(msg)
     return numbers
+
+
+def _int_tag(ds: Any, keyword: str, default: int) -> int:
+    """An integer tag, or a ValueError quoting it (the caller reports the file as damaged)."""
+    value = ds.get(keyword, None)
+    if value is None or value == "":
+        return default
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        msg = f"{keyword} must be one integer, got {value!r:.60}"
+        raise ValueError(msg) from None
 
 
 def _tilt(value: object, path: Path) -> float:

@@ -7,6 +7,7 @@ problem. The memory budget is decided from the header, before any pixel is read.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,8 @@ import numpy as np
 from imaging import dicom_series
 from imaging.errors import InputError
 from imaging.geometry import Geometry
+from imaging.guarded import run_guarded
+from imaging.truncation import data_truncation
 from imaging.volume import SourceInfo, Volume
 
 log = logging.getLogger(__name__)
@@ -85,6 +88,36 @@ def _load_file(path: Path, budget_bytes: int) -> Volume:
         msg = f"{path}: empty file (0 bytes)"
         raise InputError(msg)
     fmt = file_format(path)
+    # The header is parsed in a guarded child (memory cap, deadline): a hostile header
+    # cannot hang or exhaust this process; pixels are read here only once it is checked.
+    header = run_guarded(path, f"reading the {fmt} header", lambda: read_header(path, fmt))
+    check_header(path, header, budget_bytes)
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        image = reader.Execute()
+    except RuntimeError as exc:
+        msg = f"{path}: pixel data could not be read ({itk_reason(exc)})"
+        raise InputError(msg) from None
+    return volume_from_image(image, path, SourceInfo(format=fmt))
+
+
+@dataclass(frozen=True)
+class FileHeader:
+    """What the header of an image file declares, read before any pixel."""
+
+    size: tuple[int, ...]
+    components: int
+    spacing: tuple[float, ...]
+    origin: tuple[float, ...]
+    direction: tuple[float, ...]
+    truncation: str | None = None  # why the file holds fewer voxel bytes than declared
+
+
+def read_header(path: Path, fmt: str) -> FileHeader:
+    """Parse the header only (runs in the guarded child)."""
+    import SimpleITK as sitk
+
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
@@ -92,17 +125,37 @@ def _load_file(path: Path, budget_bytes: int) -> Volume:
     except RuntimeError as exc:
         msg = f"{path}: not a readable {fmt} image ({itk_reason(exc)})"
         raise InputError(msg) from None
-    size = reader.GetSize()
-    if len(size) != 3 or reader.GetNumberOfComponents() != 1:
-        msg = f"{path}: expected a 3D single-channel volume, got size {size} with {reader.GetNumberOfComponents()} components"
+    return FileHeader(
+        size=tuple(int(s) for s in reader.GetSize()),
+        components=int(reader.GetNumberOfComponents()),
+        spacing=tuple(float(s) for s in reader.GetSpacing()),
+        origin=tuple(float(s) for s in reader.GetOrigin()),
+        direction=tuple(float(d) for d in reader.GetDirection()),
+        truncation=data_truncation(path, fmt),
+    )
+
+
+MAX_AXIS_VOXELS = 1 << 20  # no scanner writes a million voxels along one axis
+
+
+def check_header(path: Path, header: FileHeader, budget_bytes: int) -> None:
+    """Everything refused from the header alone: shape, memory budget, geometry, truncation."""
+    size = header.size
+    if len(size) != 3 or header.components != 1:
+        msg = f"{path}: expected a 3D single-channel volume, got size {size} with {header.components} components"
+        raise InputError(msg)
+    if not all(1 <= s <= MAX_AXIS_VOXELS for s in size):
+        msg = f"{path}: header declares an impossible size {size} (each axis must be 1..{MAX_AXIS_VOXELS})"
         raise InputError(msg)
     check_memory_budget(path, size, budget_bytes)
-    try:
-        image = reader.Execute()
-    except RuntimeError as exc:
-        msg = f"{path}: pixel data could not be read ({itk_reason(exc)})"
-        raise InputError(msg) from None
-    return volume_from_image(image, path, SourceInfo(format=fmt))
+    # ITK flips a negative spacing into the direction matrix without a word: for a patient
+    # that can mirror left and right, so it is refused here, where the header still says it.
+    sp, org = header.spacing, header.origin
+    geometry = Geometry((size[0], size[1], size[2]), (sp[0], sp[1], sp[2]), (org[0], org[1], org[2]), header.direction)
+    check_geometry(path, geometry)
+    if header.truncation is not None:
+        msg = f"{path}: pixel data truncated ({header.truncation})"
+        raise InputError(msg)
 
 
 def volume_from_image(image: object, path: Path, source: SourceInfo) -> Volume:
