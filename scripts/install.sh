@@ -10,7 +10,8 @@ extras="${1:-}"
 # libusb-1.0-0: Open3D 0.20 does not import without it. libgl1/libgomp1: Open3D and VTK.
 deb_packages=(libusb-1.0-0 libgl1 libgomp1)
 # chromium: the mentor page is tested in a real browser (Playwright drives the system one).
-[[ "$extras" == *test* ]] && deb_packages+=(chromium)
+# nftables: the packet-loss tests drop packets inside a network namespace they create.
+[[ "$extras" == *test* ]] && deb_packages+=(chromium nftables)
 # Playwright must never download its own browser: there is no network here, and Debian's is used.
 export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1
 

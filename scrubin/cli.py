@@ -108,5 +108,66 @@ def audit(
         run_audit(session, directory)
 
 
+config_app = typer.Typer(help="Service configuration (TOML file < SCRUBIN_* environment).", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+
+@config_app.command("dump")
+def config_dump(
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="Show this file's effective settings instead of the defaults.")
+    ] = None,  # noqa: UP007
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of internal errors.")] = False,
+) -> None:
+    """Print the settings as TOML (the defaults, or a file's effective settings)."""
+    from scrubin.config import ConfigError
+
+    with one_line_errors((ConfigError,), debug):
+        from scrubin.serve_command import run_config_dump
+
+        run_config_dump(config)
+
+
+@app.command()
+def serve(
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="TOML settings file (see scrubin config dump).")
+    ] = None,  # noqa: UP007
+    json_logs: Annotated[bool, typer.Option("--json-logs", help="Log one JSON object per line to stderr.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of internal errors.")] = False,
+) -> None:
+    """Run the theatre sessions until Ctrl-C or SIGTERM."""
+    from scrubin.config import ConfigError
+    from scrubin.service import ServiceError
+
+    with one_line_errors((ConfigError, ServiceError), debug):
+        from scrubin.serve_command import run_serve
+
+        run_serve(config, json_logs)
+
+
+@app.command()
+def demo(
+    seconds: Annotated[
+        float | None, typer.Option("--seconds", help="Stop after this many seconds of streaming (default: Ctrl-C).")
+    ] = None,  # noqa: UP007
+    report: Annotated[Path, typer.Option("--report", help="Report folder to write.")] = Path("scrubin-report"),
+    headless: Annotated[
+        bool, typer.Option("--headless", help="Plain periodic lines instead of the live view.")
+    ] = False,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the simulated headset (noise, dropouts).")] = 1,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of internal errors.")] = False,
+) -> None:
+    """The whole loop on the SYNTHETIC phantom with a simulated headset; writes a report."""
+    from scrubin.config import ConfigError
+    from scrubin.demo import DemoError
+    from scrubin.service import ServiceError
+
+    with one_line_errors((ConfigError, ServiceError, DemoError), debug):
+        from scrubin.demo import run_demo_command
+
+        run_demo_command(seconds, report, headless, seed)
+
+
 if __name__ == "__main__":
     app()
