@@ -37,6 +37,9 @@ class MentorConfig:
     max_pose_gap_ms: float = 100.0  # a frame further than this from every pose is not anchored
     max_offer_bytes: int = 256 * 1024
     max_dc_message_bytes: int = 64 * 1024
+    # A peer that pings (the page does, every 2 s) and then goes quiet this long is dropped:
+    # a killed browser sends no goodbye, and ICE consent only notices after about 30 s.
+    peer_silence_s: float = 10.0
 
     def __post_init__(self) -> None:
         if (self.tls_cert is None) != (self.tls_key is None):

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Final
 
@@ -53,6 +54,7 @@ class Peer:
         self.clock = FrameClock()
         self.tasks: set[asyncio.Task[None]] = set()
         self.closed = False
+        self.last_ping: float | None = None  # monotonic s; None until the peer's first ping
         self._last_marks = ""
         self.pc.on("datachannel", self._on_datachannel)
         self.pc.on("track", self._on_track)
@@ -162,6 +164,7 @@ class Peer:
         elif isinstance(msg, Quality):
             self.set_quality(msg.level)
         elif isinstance(msg, Ping):
+            self.last_ping = time.monotonic()
             self.send({"type": "pong", "t": msg.t})
 
     def _ack(self, ack: Ack) -> None:
@@ -255,6 +258,14 @@ class RoomHub:
         people = [p.participant.to_json() | {"quality": p.quality} for p in self.peers if p.participant is not None]
         self.broadcast({"type": "participants", "list": people})
 
+    def _drop_silent(self) -> None:
+        now = time.monotonic()
+        for peer in list(self.peers):
+            if peer.last_ping is not None and now - peer.last_ping > self.config.peer_silence_s:
+                log.info("mentor peer %s silent for %.1f s: dropped", peer.claims.name, now - peer.last_ping)
+                peer.last_ping = None  # scheduled once
+                peer._spawn(self.remove(peer, "silent"))
+
     def push_marks(self) -> None:
         for peer in list(self.peers):
             peer.push_views()
@@ -264,6 +275,7 @@ class RoomHub:
         while True:
             await asyncio.sleep(period)
             try:
+                self._drop_silent()
                 self.push_marks()  # re-projected with the current pose; sent only when changed
                 self.broadcast(self.room.status_view())
             except Exception:  # a broadcast error must not stop the ticker

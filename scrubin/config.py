@@ -88,6 +88,9 @@ class SessionSettings(_Strict):
     pub_port: int = Field(default=5570, ge=0, le=65535)  # 0 = ephemeral
     ctl_port: int = Field(default=5571, ge=0, le=65535)
     video: bool = True  # relay headset video to the mentor room
+    # Keep the annotation log in state_dir/annotations/<name>.sqlite so a restarted
+    # service resumes the same epoch: headsets replay what they missed, nothing is lost.
+    persist_annotations: bool = True
     # Headset video camera (width, height, fx, fy, cx, cy in pixels), assumed to sit where
     # the depth camera is; the default is the demo's simulated camera.
     video_intrinsics: list[float] = Field(default_factory=lambda: [640.0, 480.0, 256.0, 256.0, 319.5, 239.5])

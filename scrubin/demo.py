@@ -83,10 +83,10 @@ def run_demo(opts: DemoOptions, say: Callable[[str], None], stop: threading.Even
         service = Service(settings, keys={SESSION: keys}).start()
         try:
             session = service.sessions[SESSION]
-            _announce_mentor(service, say)
             run = _start_headset(service, session, headset_args, phantom, opts)
             try:
                 _wait_ready(run, opts, stop)
+                _announce_mentor(service, say)  # only now is the session's mentor room open
                 say(f"streaming: simulated headset '{HEADSET}' -> session '{SESSION}' ({session.bridge.ctl_endpoint})")
                 t0 = time.monotonic()
                 _live(run, opts, stop, t0, say)

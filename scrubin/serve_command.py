@@ -73,6 +73,8 @@ def run_serve(config: Path | None, json_logs: bool) -> None:
 def _ready(service: Any) -> None:
     lines = []
     for name, session in service.sessions.items():
+        if not session.model_ready.wait(120.0):  # its mentor room opens with the model
+            lines.append(f"session {name}: patient model not loaded yet (see the log); its mentor page follows it")
         keys = session.keys.allowlist_dir
         lines.append(f"session {name}: pub {session.bridge.pub_endpoint} ctl {session.bridge.ctl_endpoint}")
         lines.append(f"  server public key: {session.keys.server.public.decode()}")

@@ -98,6 +98,18 @@ def _token_secret(directory: Path) -> bytes:
     return data
 
 
+def default_annotation_store(settings: SessionSettings, audit: AuditLog) -> Path | None:
+    """``state_dir/annotations/<name>.sqlite`` when the audit log sits where the service
+    puts it (``state_dir/audit/<name>.audit.sqlite``) and the session persists annotations;
+    None otherwise (an audit log elsewhere says nothing about a state folder)."""
+    from scrubin.audit import audit_path
+
+    folder = audit.path.parent
+    if not settings.persist_annotations or folder.name != "audit" or audit.path != audit_path(folder, settings.name):
+        return None
+    return folder.parent / "annotations" / f"{settings.name}.sqlite"
+
+
 # ------------------------------------------------------------------ records
 @dataclass(frozen=True)
 class FrameRecord:
@@ -155,6 +167,7 @@ class TheatreSession:
         audit: AuditLog,
         host: str = "127.0.0.1",
         token_ttl_s: float = 8 * 3600.0,
+        annotation_store: Path | None = None,
     ) -> None:
         from headset_bridge.server import BridgeServer, ServerConfig
 
@@ -164,7 +177,10 @@ class TheatreSession:
         self.keys = keys
         self.audit = audit
         self.token_ttl_s = token_ttl_s
-        config = ServerConfig(host=host, pub_port=settings.pub_port, ctl_port=settings.ctl_port)
+        store = annotation_store if annotation_store is not None else default_annotation_store(settings, audit)
+        config = ServerConfig(
+            host=host, pub_port=settings.pub_port, ctl_port=settings.ctl_port, annotation_store=store
+        )
         self.bridge: BridgeServer = BridgeServer(keys.server, keys.allowlist, config)
         self.model: SurfaceModel | None = None
         self.target_mm: F64 | None = None
@@ -392,7 +408,6 @@ class TheatreSession:
         self.model = model
         if self._slicer is not None:
             self._slicer.model_loaded(self.model_dir, model)
-        self.model_ready.set()
         self.audit.append(*SYSTEM_ACTOR, "model loaded", mesh=reg.mesh, vertices=len(model.vertices), target=reg.target)
         return True
 
@@ -404,6 +419,7 @@ class TheatreSession:
             self._attach_mentor()
         except Exception:  # guidance goes on without the mentors
             log.exception("session %s: the mentor room could not be opened", self.name)
+        self.model_ready.set()  # model loaded and, when there is a mentor server, its room open
         while not self._stop.is_set():
             try:
                 self._registration_step()
