@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from mentor_fixtures import look_at, rigid
 
 from imaging.mesh_io import read_ply
 from imaging.prepare import PrepareOptions, prepare_phantom
@@ -11,27 +12,6 @@ from mentor.anchoring import FramePose, MeshRayCaster, anchor_click, project_mar
 from registration import PinholeIntrinsics
 
 CAMERA = PinholeIntrinsics(width=640, height=480, fx=520.0, fy=518.0, cx=319.5, cy=241.0)
-
-
-def _rigid(rotvec: tuple[float, float, float], translation: tuple[float, float, float]) -> np.ndarray:
-    theta = np.linalg.norm(rotvec)
-    axis = np.asarray(rotvec) / theta
-    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
-    T = np.eye(4)
-    T[:3, :3] = np.eye(3) + np.sin(theta) * k + (1 - np.cos(theta)) * k @ k
-    T[:3, 3] = translation
-    return T
-
-
-def _look_at(eye: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """Camera pose (OpenCV: z forward, y down) at ``eye`` looking at ``target``."""
-    z = (target - eye) / np.linalg.norm(target - eye)
-    x = np.cross(z, [0.0, 0.0, -1.0])
-    x /= np.linalg.norm(x)
-    T = np.eye(4)
-    T[:3, :3] = np.stack([x, np.cross(z, x), z], axis=1)
-    T[:3, 3] = eye
-    return T
 
 
 @pytest.fixture(scope="module")
@@ -61,16 +41,16 @@ def test_click_lands_on_the_model_point(skin: tuple[np.ndarray, np.ndarray, Mesh
     facing = np.flatnonzero(normals[:, 1] < -0.8)  # the face side (anterior is -y)
     index = facing[int(vertex_pick * (len(facing) - 1))]
     target = vertices[index]
-    T_world_model = _rigid((0.2, -0.4, 0.3), (120.0, -35.0, 800.0))  # the patient somewhere in the room
+    T_world_model = rigid((0.2, -0.4, 0.3), (120.0, -35.0, 800.0))  # the patient somewhere in the room
     eye_model = target + 380.0 * normals[index] + np.array([25.0, 0.0, 15.0])
-    T_world_camera = T_world_model @ _look_at(eye_model, target)
+    T_world_camera = T_world_model @ look_at(eye_model, target)
     u, v = _pixel_of(target, T_world_camera, T_world_model)
     anchor = anchor_click(u, v, CAMERA, FramePose(T_world_camera, T_world_model, "tracking"), caster)
     assert anchor.anchored, anchor.reason
     assert np.linalg.norm(np.asarray(anchor.point_model_mm) - target) < 0.5
     # the head turns and the headset moves: the mark projects where the anatomy now is
-    T_world_model_later = _rigid((0.25, -0.1, 0.5), (90.0, 10.0, 760.0))
-    T_world_camera_later = T_world_model_later @ _look_at(eye_model + np.array([-30.0, 10.0, 5.0]), target)
+    T_world_model_later = rigid((0.25, -0.1, 0.5), (90.0, 10.0, 760.0))
+    T_world_camera_later = T_world_model_later @ look_at(eye_model + np.array([-30.0, 10.0, 5.0]), target)
     uv, visible = project_marks([anchor.point_model_mm], CAMERA, T_world_camera_later, T_world_model_later)
     assert visible[0]
     np.testing.assert_allclose(uv[0], _pixel_of(target, T_world_camera_later, T_world_model_later), atol=0.3)
@@ -79,7 +59,7 @@ def test_click_lands_on_the_model_point(skin: tuple[np.ndarray, np.ndarray, Mesh
 def test_miss_and_untrusted_pose_stay_2d(skin: tuple[np.ndarray, np.ndarray, MeshRayCaster]) -> None:
     _, _, caster = skin
     T_world_model = np.eye(4)
-    T_world_camera = _look_at(np.array([0.0, -500.0, 0.0]), np.array([0.0, 0.0, 0.0]))
+    T_world_camera = look_at(np.array([0.0, -500.0, 0.0]), np.array([0.0, 0.0, 0.0]))
     hit = anchor_click(320, 240, CAMERA, FramePose(T_world_camera, T_world_model, "tracking"), caster)
     assert hit.anchored
     corner = anchor_click(2, 2, CAMERA, FramePose(T_world_camera, T_world_model, "tracking"), caster)
