@@ -77,7 +77,10 @@ def run_demo(opts: DemoOptions, say: Callable[[str], None], stop: threading.Even
         mentor={"port": 0},
     )
     phantom = ensure_phantom(settings.cache_dir, say)
-    settings.sessions = [SessionSettings(name=SESSION, model=str(phantom), pub_port=0, ctl_port=0)]
+    # Each demo run is a new theatre session: marks of an earlier run must not come back.
+    settings.sessions = [
+        SessionSettings(name=SESSION, model=str(phantom), pub_port=0, ctl_port=0, persist_annotations=False)
+    ]
     with tempfile.TemporaryDirectory(prefix="scrubin-demo-") as tmp:
         keys, headset_args = _keys(Path(tmp))
         service = Service(settings, keys={SESSION: keys}).start()

@@ -126,6 +126,8 @@ class Service:
             audit=audit,
             host=self.settings.host,
             token_ttl_s=self.settings.mentor.token_ttl_s,
+            # Annotations survive a restart of the service: headsets resume from the same log.
+            annotation_store=state / "annotations" / f"{cfg.name}.sqlite" if cfg.persist_annotations else None,
         )
         try:
             return session.start(self._mentor)

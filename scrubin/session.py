@@ -98,18 +98,6 @@ def _token_secret(directory: Path) -> bytes:
     return data
 
 
-def default_annotation_store(settings: SessionSettings, audit: AuditLog) -> Path | None:
-    """``state_dir/annotations/<name>.sqlite`` when the audit log sits where the service
-    puts it (``state_dir/audit/<name>.audit.sqlite``) and the session persists annotations;
-    None otherwise (an audit log elsewhere says nothing about a state folder)."""
-    from scrubin.audit import audit_path
-
-    folder = audit.path.parent
-    if not settings.persist_annotations or folder.name != "audit" or audit.path != audit_path(folder, settings.name):
-        return None
-    return folder.parent / "annotations" / f"{settings.name}.sqlite"
-
-
 # ------------------------------------------------------------------ records
 @dataclass(frozen=True)
 class FrameRecord:
@@ -177,9 +165,8 @@ class TheatreSession:
         self.keys = keys
         self.audit = audit
         self.token_ttl_s = token_ttl_s
-        store = annotation_store if annotation_store is not None else default_annotation_store(settings, audit)
         config = ServerConfig(
-            host=host, pub_port=settings.pub_port, ctl_port=settings.ctl_port, annotation_store=store
+            host=host, pub_port=settings.pub_port, ctl_port=settings.ctl_port, annotation_store=annotation_store
         )
         self.bridge: BridgeServer = BridgeServer(keys.server, keys.allowlist, config)
         self.model: SurfaceModel | None = None
