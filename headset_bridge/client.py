@@ -152,11 +152,24 @@ class HeadsetClient:
         self._own_ctx = context is None
         self._ctx: zmq.Context[Any] = context if context is not None else zmq.Context(io_threads=1)
         self._sub = client_socket(self._ctx, zmq.SUB, keys, config.server_public)
-        self._sub.setsockopt(zmq.RCVHWM, 64)
+        # RCVHWM 0 (no receive limit) on both sockets works around libzmq's abort
+        # "Assertion failed: _input_stopped (stream_engine_base.cpp)" (zeromq/libzmq#3937,
+        # still in libzmq 4.3.5): once a full receive queue stops the engine's input, the
+        # ZMTP heartbeat times out, the SUB reconnects into the same full pipe, and the
+        # app's next read restarts the input of an engine that never stopped: SIGABRT. A
+        # headset app that freezes for over ~2 s while poses flow would die on resume
+        # (tests/test_bridge_hwm_abort.py). With no limit the input never stops. Memory
+        # grows with the freeze instead (about 1 MB/s resident with 60 Hz poses and a
+        # mentor speaking) and is freed by the next poll, which skips the backlog (the
+        # newest pose wins); docs/headset-protocol.md section 1.1.
+        self._sub.setsockopt(zmq.RCVHWM, 0)
         for topic in P.SERVER_TOPICS:
             self._sub.setsockopt(zmq.SUBSCRIBE, topic.encode())
         self._dealer = client_socket(self._ctx, zmq.DEALER, keys, config.server_public)
         self._dealer.setsockopt(zmq.SNDHWM, config.uplink_hwm)
+        # Replies only answer this client's own requests (a few in flight), so no limit
+        # costs nothing and keeps the DEALER clear of the same abort.
+        self._dealer.setsockopt(zmq.RCVHWM, 0)
         self._sub.connect(config.pub_endpoint)
         self._dealer.connect(config.ctl_endpoint)
         self._poller = zmq.Poller()
@@ -185,10 +198,10 @@ class HeadsetClient:
         now = time.monotonic()
         wait = min(timeout_s, max(0.0, min(self._next_hb, self._next_time) - now))
         handled = 0
-        # poll(0) from an app's own event loop skips the extra poll system call.
-        if wait <= 0 or self._poller.poll(math.ceil(wait * 1000)):
-            handled += self._drain_sub()
-            handled += self._drain_dealer()
+        # One zmq_poll for both sockets is cheaper than asking each for EVENTS, and an
+        # idle DEALER (the usual case) then costs nothing.
+        for sock, _ in self._poller.poll(math.ceil(wait * 1000) if wait > 0 else 0):
+            handled += self._drain_sub() if sock is self._sub else self._drain_dealer()
         self._timers(time.monotonic())
         self._flush()
         return handled
@@ -376,52 +389,59 @@ class HeadsetClient:
 
     # -- inbound ---------------------------------------------------------------
     def _recv_all(self, sock: zmq.Socket[Any], copy: bool) -> list[tuple[list[Any], int]]:
+        """Everything queued on ``sock`` now, each with its receive time (the one receive hook)."""
         out: list[tuple[list[Any], int]] = []
-        # Checking EVENTS is much cheaper than provoking zmq.Again on an empty socket.
-        while int(sock.getsockopt(_EVENTS)) & _POLLIN:
-            out.append((sock.recv_multipart(flags=_NOBLOCK, copy=copy), time.monotonic_ns()))
+        recv, now = sock.recv_multipart, time.monotonic_ns
+        try:  # called when the poller saw input: no EVENTS query before the first
+            out.append((recv(_NOBLOCK, copy=copy), now()))
+        except zmq.Again:
+            return out
+        # Then EVENTS (a few us) rather than provoking zmq.Again (an exception) at the end.
+        while sock.getsockopt(_EVENTS) & _POLLIN:  # type: ignore[operator]  # EVENTS is an int
+            out.append((recv(_NOBLOCK, copy=copy), now()))
         return out
 
     def _decode(self, frames: list[Any], allowed: frozenset[str]) -> P.Message | None:
         try:
-            return P.decode(list(frames), allowed=allowed)
+            return P.decode(frames, allowed=allowed)
         except P.ProtocolError as exc:
             self.counters.add("malformed")
             log.warning("dropped malformed server message: %s", exc)
             return None
 
     def _drain_sub(self) -> int:
+        # The per-message path (60 Hz poses + keepalives, times every headset an app
+        # serves): full validation in P.decode, then plain appends; the pose itself is
+        # unpacked and applied once per batch (the newest wins, a backlog is skipped).
         batch = self._recv_all(self._sub, copy=True)  # small messages: copying is cheaper
         newest: tuple[P.Message, int] | None = None
+        skipped = 0
+        link, log_pose = self._link, self.pose_log.append
         for frames, t_recv in batch:
             msg = self._decode(frames, P.SERVER_TOPICS)
             if msg is None:
                 continue
-            self._heard(t_recv)
-            self._link.delivered(msg.header["t_ns"], t_recv)
-            if msg.topic == "ann":
+            h = msg.header
+            self._last_heard_ns = t_recv
+            link.received(h["t_ns"], t_recv)
+            topic = msg.topic
+            if topic == "pose":
+                if not h["repeat"]:
+                    best = self.clock.best
+                    offset = best.offset_ns if best is not None else 0
+                    log_pose(PoseReceipt(h["seq"], h["t_capture_ns"], h["t_ns"], t_recv, offset))
+                if newest is not None:
+                    skipped += 1
+                newest = (msg, t_recv)
+            elif topic == "ann":
                 self._on_ann(msg)
-                continue
-            if msg.topic == "audio":
+            else:
                 self._on_audio(msg)
-                continue
-            if not msg.header["repeat"]:
-                self._log_pose(msg, t_recv)
-            if newest is not None:
-                self.counters.add("pose_skipped")
-            newest = (msg, t_recv)  # only the newest pose is applied; a backlog is skipped
+        if skipped:
+            self.counters.add("pose_skipped", skipped)
         if newest is not None:
             self._on_pose(*newest)
         return len(batch)
-
-    def _log_pose(self, msg: P.Message, t_recv: int) -> None:
-        h = msg.header
-        offset = self.clock.best.offset_ns if self.clock.best else 0
-        self.pose_log.append(PoseReceipt(h["seq"], h["t_capture_ns"], h["t_ns"], t_recv, offset))
-
-    def _heard(self, t_ns: int) -> None:
-        self._last_heard_ns = t_ns
-        self._link.heard(t_ns)
 
     def _on_pose(self, msg: P.Message, t_recv: int) -> None:
         h = msg.header
@@ -558,6 +578,7 @@ class HeadsetClient:
 LINK_WINDOW_S = 5.0
 SERVER_KEEPALIVE_S = 0.05  # docs/headset-protocol.md section 4.1
 LATE_GAP_S = 2 * SERVER_KEEPALIVE_S
+_LATE_GAP_NS = int(LATE_GAP_S * 1e9)
 LINK_LOST_S = 1.0
 DEGRADED_LATE_KEEPALIVES = 3  # per window: one stall can be the app's own frame hitch
 LATE_DELIVERY_S = 0.05  # one-way delay above the window's floor: a retransmission, not jitter
@@ -592,13 +613,13 @@ class _LinkMonitor:
         # delay above the window's minimum is queueing or TCP retransmission (hidden loss).
         self._delays: deque[tuple[int, int]] = deque(maxlen=4096)
 
-    def delivered(self, t_sent: int, t_recv: int) -> None:
+    def received(self, t_sent: int, t_recv: int) -> None:
+        """A server message sent at ``t_sent`` (server clock) arrived at ``t_recv``."""
         self._delays.append((t_recv, t_recv - t_sent))
-
-    def heard(self, t_ns: int) -> None:
-        if self._last_heard is not None and t_ns - self._last_heard > LATE_GAP_S * 1e9:
-            self._gaps.append((t_ns, t_ns - self._last_heard))
-        self._last_heard = t_ns
+        last = self._last_heard
+        if last is not None and t_recv - last > _LATE_GAP_NS:
+            self._gaps.append((t_recv, t_recv - last))
+        self._last_heard = t_recv
 
     def requested(self, t0: int) -> None:
         self._expire(t0)

@@ -117,10 +117,15 @@ def decode(frames: list[Any], allowed: frozenset[str] | None = None) -> Message:
     """Parse and validate frames (bytes, memoryview or zmq.Frame)."""
     if len(frames) != 3:
         raise ProtocolError("frame_count", f"expected 3 frames [topic, header, payload], got {len(frames)!r}")
-    topic_raw, header_raw, payload = (_buffer(f) for f in frames)
-    topic = _topic(topic_raw, allowed)
+    topic_raw, header_raw, payload = frames
+    if type(topic_raw) is not bytes or type(header_raw) is not bytes or type(payload) is not bytes:
+        topic_raw, header_raw, payload = (_buffer(f) for f in frames)
+    topic = _TOPIC_OF.get(topic_raw) if type(topic_raw) is bytes else None  # hot path: one dict look-up
+    if topic is None or (allowed is not None and topic not in allowed):
+        topic = _topic(topic_raw, allowed)
     header = _header(header_raw, topic)
-    _check_fields(header, topic)
+    if not _FAST_CHECKS[topic](header):
+        _check_fields(header, topic)  # the full check raises, naming the field
     _check_payload(topic, header, payload)
     return Message(topic, header, payload)
 
@@ -153,10 +158,11 @@ def _header(raw: Buffer, topic: str) -> dict[str, Any]:
     if len(raw) > MAX_HEADER_BYTES:
         raise ProtocolError("bad_header", f"header over {MAX_HEADER_BYTES} bytes, got {len(raw)!r}")
     try:
-        header = json.loads(bytes(raw).decode("utf-8"), parse_constant=_reject_constant)
+        text = raw.decode("utf-8") if type(raw) is bytes else bytes(raw).decode("utf-8")
+        header = _JSON.decode(text)
     except (ValueError, RecursionError) as exc:
         raise ProtocolError("bad_header", f"header is not JSON ({exc}), got {bytes(raw[:200])!r}") from None
-    if not isinstance(header, dict):
+    if type(header) is not dict:
         raise ProtocolError("bad_header", f"header must be a JSON object, got {header!r:.200}")
     if header.get("v") != PROTOCOL_VERSION:
         raise ProtocolError("bad_version", f"header v must be {PROTOCOL_VERSION}, got {header.get('v')!r:.80}")
@@ -184,7 +190,7 @@ def _is_kind(value: Any, kind: str) -> bool:
     if kind == INT:
         return isinstance(value, int) and not isinstance(value, bool) and -(2**63) <= value < 2**63
     if kind == NUM:
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and _finite(value)
     if kind == NUM_OR_NULL:
         return value is None or _is_kind(value, NUM)
     if kind == STR:
@@ -200,7 +206,61 @@ def _is_kind(value: Any, kind: str) -> bool:
     raise AssertionError(kind)
 
 
+def _finite(value: float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # a JSON integer too large for a float: not a usable number
+        return False
+
+
 _MISSING = object()
+
+# -- the hot path: one precompiled check per topic ---------------------------------
+# decode() runs for every message a headset receives (poses at 60 Hz plus keepalives),
+# so the per-field loop above is only the fallback that names the bad field. The fast
+# check is straight-line code generated once from SCHEMAS: exact-type tests (JSON only
+# yields exact dict/list/str/int/float/bool/None) and no call per field. It may refuse
+# what the full check accepts (then the full check decides), never the other way round.
+_INT_RANGE = "-9223372036854775808 <= v <= 9223372036854775807"
+_FAST_EXPR: Final[dict[str, str]] = {
+    INT: f"type(v) is int and {_INT_RANGE}",
+    NUM: "(type(v) is float and _isfinite(v)) or (type(v) is int and -_BIG < v < _BIG)",
+    STR: "type(v) is str",
+    BOOL: "type(v) is bool",
+    OBJ_OR_NULL: "v is None or type(v) is dict",
+    STR_OR_NULL: "v is None or type(v) is str",
+    MAT: "_is_mat(v)",
+}
+_FAST_EXPR[NUM_OR_NULL] = f"v is None or {_FAST_EXPR[NUM]}"
+
+
+def _is_mat(value: Any) -> bool:
+    return type(value) is list and len(value) == 16 and all(_is_kind(v, NUM) for v in value)
+
+
+def _fast_check(topic: str, fields: dict[str, str]) -> Callable[[dict[str, Any]], bool]:
+    lines = [f"def check_{topic}(h):", "    g = h.get"]
+    for name, kind in {"seq": INT, "t_ns": INT, **fields}.items():
+        expr = f"type(v) is int and 0 <= v <= {2**63 - 1}" if name in ("seq", "t_ns") else _FAST_EXPR[kind]
+        lines += [f"    v = g({name!r}, _MISSING)", f"    if not ({expr}):", "        return False"]
+    if topic == "pose":
+        lines += ["    if h['status'] not in _STATUSES:", "        return False"]
+    lines.append("    return True")
+    scope: dict[str, Any] = {
+        "_MISSING": _MISSING,
+        "_isfinite": math.isfinite,
+        "_BIG": 2**1000,  # far inside float range: converting never overflows
+        "_is_mat": _is_mat,
+        "_STATUSES": frozenset(STATUSES),
+    }
+    exec("\n".join(lines), scope)  # noqa: S102 - source built above from SCHEMAS only
+    check: Callable[[dict[str, Any]], bool] = scope[f"check_{topic}"]
+    return check
+
+
+_FAST_CHECKS: Final = {topic: _fast_check(topic, fields) for topic, fields in SCHEMAS.items()}
+_TOPIC_OF: Final = {topic.encode("ascii"): topic for topic in SCHEMAS}
+_JSON: Final = json.JSONDecoder(parse_constant=_reject_constant)  # built once, not per message
 
 
 def _checker(kind: str) -> Callable[[Any], bool]:
@@ -279,10 +339,13 @@ def pack_mat4(T: Mat4) -> bytes:
 def unpack_mat4(payload: Buffer, name: str = "transform") -> Mat4:
     if len(payload) != MAT4_BYTES:
         raise ProtocolError("bad_payload", f"{name} needs {MAT4_BYTES} bytes, got {len(payload)!r}")
-    T = np.frombuffer(payload, dtype="<f8").reshape(4, 4).astype(np.float64)  # a copy, native order
-    if not math.isfinite(float(T.sum())):  # any NaN/inf makes the sum non-finite (or overflows: also refused)
-        raise ProtocolError("bad_payload", f"{name} must be finite, got {T.tolist()!r}")
-    return T
+    values = _MAT4.unpack(payload)
+    # Any NaN/inf makes the sum non-finite (so does an overflow: also refused). Summing the
+    # 16 Python floats is cheaper than numpy's reduction for this size.
+    if not math.isfinite(sum(values)):
+        rows = [list(values[i : i + 4]) for i in range(0, 16, 4)]
+        raise ProtocolError("bad_payload", f"{name} must be finite, got {rows!r}")
+    return np.array(values, dtype=np.float64).reshape(4, 4)  # a copy, native order
 
 
 def mat4_from_list(values: list[float], name: str) -> Mat4:
@@ -294,7 +357,7 @@ def mat4_from_list(values: list[float], name: str) -> Mat4:
 
 def json_payload(payload: Buffer, topic: str) -> Any:
     try:
-        return json.loads(bytes(payload).decode("utf-8"), parse_constant=_reject_constant)
+        return _JSON.decode(bytes(payload).decode("utf-8"))
     except (ValueError, RecursionError) as exc:
         raise ProtocolError(
             "bad_payload", f"{topic} payload is not JSON ({exc}), got {bytes(payload[:200])!r}"

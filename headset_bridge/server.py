@@ -132,6 +132,10 @@ class BridgeServer:
         self._pub.setsockopt(zmq.SNDHWM, cfg.pub_hwm)
         self._ctl = server_socket(self._ctx, zmq.ROUTER, self.keys)
         self._ctl.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        # Finite limits stay on the server (memory per headset against a flood). Unlike the
+        # headset's SUB they cannot hit libzmq#3937 (docs/headset-protocol.md 1.1): a bound
+        # socket gets a fresh session and queue per connection, so a reconnect after a stall
+        # never meets an old full queue (tests/test_bridge_hwm_abort.py, server stall).
         self._ctl.setsockopt(zmq.RCVHWM, cfg.ctl_hwm)
         self._ctl.setsockopt(zmq.SNDHWM, cfg.ctl_hwm)
         # Hard transport cap: libzmq disconnects a peer sending a frame over it
