@@ -8,12 +8,14 @@ same run, interleaved per headset count:
 * ``bridge``    - BridgeServer.publish_pose -> HeadsetClient (CURVE + ZAP, keepalives,
                   heartbeats, clock sync, validation).
 
-The server side runs in this process, all headsets in one child process (one
-socket set per headset, one poller), so the child's Python work per message is
-part of the figure: the 50th headset waits for the 49 before it. Latency is
+The server side runs in this process. By default all headsets share one child
+process (one socket set per headset, one poller), so the child's Python work per
+message is part of the figure: the 50th headset waits for the 49 before it.
+``--per-process`` gives every headset its own process instead, as real headsets
+are separate devices (they still share this machine's 2 cores). Latency is
 server send stamp to headset receive stamp on the shared CLOCK_MONOTONIC.
 
-Usage: .venv/bin/python bench/bench_bridge_latency.py [--seconds 5] [--counts 1 10 50]
+Usage: .venv/bin/python bench/bench_bridge_latency.py [--seconds 5] [--counts 1 10 50] [--per-process]
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ RESULTS = ROOT / "bench" / "results"
 MODES = ("raw", "raw-curve", "bridge")
 RATE_HZ = 60.0
 SPIN = False  # headsets busy-poll (a render loop that never sleeps) instead of blocking in poll
+PER_PROCESS = False  # one child process per headset instead of one for all
 
 
 # ----------------------------------------------------------------------------- child
@@ -68,7 +71,8 @@ def _child_bridge(
     args: argparse.Namespace, ctx: zmq.Context[Any], keydir: Path, server_public: bytes
 ) -> dict[str, Any]:
     cfg = ClientConfig(args.pub, args.ctl, server_public)
-    clients = [HeadsetClient(load_keypair(keydir / f"h{i}.key_secret"), cfg, context=ctx) for i in range(args.n)]
+    keys = [load_keypair(keydir / f"h{args.first + i}.key_secret") for i in range(args.n)]
+    clients = [HeadsetClient(kp, cfg, context=ctx) for kp in keys]
     poller = zmq.Poller()
     owner: dict[Any, HeadsetClient] = {}
     for c in clients:
@@ -104,7 +108,7 @@ def _child_raw(args: argparse.Namespace, ctx: zmq.Context[Any], keydir: Path, se
     for i in range(args.n):
         s: zmq.Socket[Any] = ctx.socket(zmq.SUB)
         if args.mode == "raw-curve":
-            kp = load_keypair(keydir / f"h{i}.key_secret")
+            kp = load_keypair(keydir / f"h{args.first + i}.key_secret")
             s.curve_serverkey, s.curve_publickey, s.curve_secretkey = server_public, kp.public, kp.secret
         s.setsockopt(zmq.SUBSCRIBE, b"pose")
         s.connect(args.pub)
@@ -145,7 +149,9 @@ def _pose(seq: int, status: str = "tracking") -> PoseUpdate:
     return PoseUpdate(T, status, 0.93, 1.2, time.monotonic_ns(), seq)  # type: ignore[arg-type]
 
 
-def _spawn(mode: str, n: int, count: int, keydir: Path, pub: str, ctl: str, out: Path) -> subprocess.Popen[str]:
+def _spawn(
+    mode: str, n: int, count: int, keydir: Path, pub: str, ctl: str, out: Path, first: int = 0
+) -> subprocess.Popen[str]:
     cmd = [
         sys.executable,
         __file__,
@@ -154,6 +160,8 @@ def _spawn(mode: str, n: int, count: int, keydir: Path, pub: str, ctl: str, out:
         mode,
         "--n",
         str(n),
+        "--first",
+        str(first),
         "--count",
         str(count),
         "--keydir",
@@ -166,6 +174,24 @@ def _spawn(mode: str, n: int, count: int, keydir: Path, pub: str, ctl: str, out:
         str(out),
     ] + (["--spin"] if SPIN else [])
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+
+
+def _spawn_group(mode: str, n: int, count: int, keydir: Path, pub: str, ctl: str, out: Path) -> list[tuple[Any, Path]]:
+    """The headsets' child processes: one for all of them, or one each (``--per-process``)."""
+    if not PER_PROCESS:
+        return [(_spawn(mode, n, count, keydir, pub, ctl, out), out)]
+    outs = [out.with_name(f"{out.stem}-{i}.json") for i in range(n)]
+    return [(_spawn(mode, 1, count, keydir, pub, ctl, o, first=i), o) for i, o in enumerate(outs)]
+
+
+def _collect(group: list[tuple[Any, Path]]) -> dict[str, Any]:
+    """Wait for every child and merge their results (lists concatenated, flags and-ed)."""
+    merged: dict[str, Any] = {}
+    for proc, out in group:
+        proc.wait(60)
+        for key, value in json.loads(out.read_text()).items():
+            merged[key] = (merged.get(key, True) and value) if isinstance(value, bool) else merged.get(key, []) + value
+    return merged
 
 
 def _wait_ready(proc: subprocess.Popen[str], warmup: Any = None) -> None:
@@ -201,14 +227,15 @@ def run_bridge(n: int, count: int, keydir: Path, server_keys: KeyPair, allow: Al
     server = BridgeServer(server_keys, allow, ServerConfig.ephemeral()).start()
     out = tmp / f"bridge-{n}.json"
     try:
-        proc = _spawn("bridge", n, count, keydir, server.pub_endpoint, server.ctl_endpoint, out)
-        _wait_ready(proc)
+        group = _spawn_group("bridge", n, count, keydir, server.pub_endpoint, server.ctl_endpoint, out)
+        for proc, _ in group:
+            _wait_ready(proc)
         costs = _paced(count, lambda seq: server.publish_pose(_pose(seq, "lost" if seq == count else "tracking")))
-        proc.wait(60)
+        result = _collect(group)
         alive = sum(h.alive for h in server.headsets().values())
     finally:
         server.stop()
-    return {**json.loads(out.read_text()), "publish_cost_ns": costs, "alive": alive}
+    return {**result, "publish_cost_ns": costs, "alive": alive}
 
 
 def run_raw(mode: str, n: int, count: int, keydir: Path, server_keys: KeyPair, tmp: Path) -> dict[str, Any]:
@@ -240,14 +267,15 @@ def run_raw(mode: str, n: int, count: int, keydir: Path, server_keys: KeyPair, t
 
     out = tmp / f"{mode}-{n}.json"
     try:
-        proc = _spawn(mode, n, count, keydir, endpoint, "-", out)
-        _wait_ready(proc, warmup=lambda: send(0))
+        group = _spawn_group(mode, n, count, keydir, endpoint, "-", out)
+        for proc, _ in group:
+            _wait_ready(proc, warmup=lambda: send(0))
         costs = _paced(count, send)
-        proc.wait(60)
+        result = _collect(group)
     finally:
         pub.close(linger=0)
         ctx.term()
-    return {**json.loads(out.read_text()), "publish_cost_ns": costs}
+    return {**result, "publish_cost_ns": costs}
 
 
 def _stats(lat: list[list[int]], count: int) -> dict[str, float]:
@@ -322,7 +350,7 @@ def _report(results: dict[str, dict[str, Any]], counts: list[int]) -> None:
 
 
 def _suffix() -> str:  # noqa: N802
-    return "_spin" if SPIN else ""
+    return ("_spin" if SPIN else "") + ("_per_process" if PER_PROCESS else "")
 
 
 def _plot(results: dict[str, dict[str, Any]], counts: list[int]) -> None:
@@ -341,7 +369,7 @@ def _plot(results: dict[str, dict[str, Any]], counts: list[int]) -> None:
         yscale="log",
         xlabel="headsets",
         ylabel="send -> receive latency (us)",
-        title=f"Pose latency at 60 Hz, headsets in one process{' (busy-poll)' if SPIN else ''}, {os.cpu_count()} CPUs",
+        title=f"Pose latency at 60 Hz, {'one process per headset' if PER_PROCESS else 'headsets in one process'}{' (busy-poll)' if SPIN else ''}, {os.cpu_count()} CPUs",
     )
     ax.set_xticks(counts, [str(n) for n in counts])
     ax.legend(fontsize=8, ncol=2)
@@ -356,14 +384,16 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--counts", type=int, nargs="+", default=[1, 10, 50])
     ap.add_argument("--spin", action="store_true", help="headsets busy-poll: no wake-up latency (needs spare cores)")
+    ap.add_argument("--per-process", action="store_true", help="one process per headset (as separate devices)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     for name in ("--mode", "--keydir", "--pub", "--ctl", "--out"):
         ap.add_argument(name, help=argparse.SUPPRESS)
     ap.add_argument("--n", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--first", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--count", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
-    global SPIN
-    SPIN = args.spin
+    global SPIN, PER_PROCESS
+    SPIN, PER_PROCESS = args.spin, args.per_process
     child(args) if args.child else parent(args)
 
 
