@@ -255,6 +255,7 @@ class DepthFrame:
     depth_unit_mm: float
     intrinsics: tuple[float, float, float, float]  # fx, fy, cx, cy in pixels
     T_world_camera: Mat4  # mm, headset world
+    t_received_ns: int | None = None  # server clock when the message arrived (depth frame "in")
 
 
 @dataclass(frozen=True)

@@ -402,7 +402,7 @@ class BridgeServer:
         elif msg.topic == "model_get":
             self._reply_chunk(rid, h)
         else:
-            self._queue_uplink(info, msg)
+            self._queue_uplink(info, msg, t1)
 
     def _reply(self, rid: bytes, topic: str, header: dict[str, Any], payload: P.Buffer = b"") -> None:
         assert self._ctl is not None
@@ -453,8 +453,8 @@ class BridgeServer:
         header = {"seq": h["seq"], "index": index, "count": info.chunks, **info.to_json()}
         self._reply(rid, "model_chunk", header, chunk)
 
-    def _queue_uplink(self, info: HeadsetInfo, msg: P.Message) -> None:
-        item = self._uplink_item(info, msg)
+    def _queue_uplink(self, info: HeadsetInfo, msg: P.Message, t_received_ns: int) -> None:
+        item = self._uplink_item(info, msg, t_received_ns)
         key = (info.name, msg.topic)
         with self._cond:
             q = self._uplink.setdefault(key, deque(maxlen=self.config.queue_len))
@@ -462,7 +462,7 @@ class BridgeServer:
                 self.counters.add(f"uplink_dropped:{msg.topic}")  # deque drops the oldest
             q.append(item)
 
-    def _uplink_item(self, info: HeadsetInfo, msg: P.Message) -> UplinkItem:
+    def _uplink_item(self, info: HeadsetInfo, msg: P.Message, t_received_ns: int) -> UplinkItem:
         h, name = msg.header, info.name
         t_server = h["t_capture_ns"] + info.offset_ns if info.rtt_ns >= 0 else None
         if msg.topic == "depth":
@@ -476,6 +476,7 @@ class BridgeServer:
                 depth_unit_mm=float(h["depth_unit_mm"]),
                 intrinsics=(float(h["fx"]), float(h["fy"]), float(h["cx"]), float(h["cy"])),
                 T_world_camera=P.mat4_from_list(h["T_world_camera"], "T_world_camera"),
+                t_received_ns=t_received_ns,
             )
         if msg.topic == "video":
             return VideoFrame(

@@ -107,6 +107,7 @@ class FrameRecord:
     headset: str
     pose_seq: int
     t_capture_ns: int  # capture, mapped to the server clock by the bridge's clock sync
+    t_received_ns: int  # the frame arrived at the server (the bridge's socket)
     t_taken_ns: int  # the loop took it from the bridge queue
     t_published_ns: int  # its pose left through the bridge
     tracker_ms: float
@@ -492,7 +493,8 @@ class TheatreSession:
         status = str(est.status)
         tre = float(est.predicted_tre_mm(self.target_mm)[0])
         rec = FrameRecord(
-            frame.seq, frame.headset, self._loop.pose_seq, int(t_cap), t_taken, t_pub, est.elapsed_ms,
+            frame.seq, frame.headset, self._loop.pose_seq, int(t_cap), frame.t_received_ns or t_taken, t_taken, t_pub,
+            est.elapsed_ms,
             status, tre, skipped, est.T_sensor_model, frame.T_world_camera, event,
         )  # fmt: skip
         with self._lock:
