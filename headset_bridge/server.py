@@ -461,6 +461,9 @@ class BridgeServer:
             if len(q) == q.maxlen:
                 self.counters.add(f"uplink_dropped:{msg.topic}")  # deque drops the oldest
             q.append(item)
+            # Wake consumers now, not at the end of the batch: a depth frame must not wait
+            # while this thread copies the video frame that arrived right behind it.
+            self._cond.notify_all()
 
     def _uplink_item(self, info: HeadsetInfo, msg: P.Message, t_received_ns: int) -> UplinkItem:
         h, name = msg.header, info.name
