@@ -7,19 +7,15 @@ a store the restart is a new epoch and the headset resyncs from a snapshot.
 from __future__ import annotations
 
 import json
-import os
-import queue
-import signal
 import socket
 import sqlite3
-import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from event_process import EventProcess
 
 from headset_bridge.annotations import AnnotationLog, AnnotationStore, AnnotationStoreError, state_digest
 from headset_bridge.client import ClientConfig, HeadsetClient
@@ -30,38 +26,14 @@ REPO = Path(__file__).resolve().parents[1]
 CHILD = REPO / "tests" / "reliability_bridge_child.py"
 
 
-class ServerProcess:
+class ServerProcess(EventProcess):
     """``reliability_bridge_child.py server`` on fixed ports, with its JSON events in a queue."""
 
     def __init__(self, keys: Path, ports: tuple[int, int], store: Path | None) -> None:
         cmd = [sys.executable, str(CHILD), "server", "--keys", str(keys)]
         cmd += ["--pub-port", str(ports[0]), "--ctl-port", str(ports[1])]
         cmd += ["--store", str(store)] if store is not None else []
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
-        self.events: queue.Queue[dict[str, Any]] = queue.Queue()
-        threading.Thread(target=self._pump, daemon=True).start()
-
-    def _pump(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.events.put(json.loads(line))
-
-    def next_event(self, name: str, timeout_s: float = 20.0) -> dict[str, Any]:
-        while True:
-            event = self.events.get(timeout=timeout_s)  # queue.Empty on timeout: the test fails
-            if event["event"] == name:
-                return event
-
-    def tell(self, line: str) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(line + "\n")
-        self.proc.stdin.flush()
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10.0)
+        super().__init__(cmd, timeout_s=20.0)
 
 
 def _free_ports() -> tuple[int, int]:

@@ -9,16 +9,10 @@ anchored mark does), since a real mark needs a tracked pose and a browser.
 
 from __future__ import annotations
 
-import json
-import os
-import queue
-import signal
-import subprocess
 import sys
-import threading
 from pathlib import Path
-from typing import Any
 
+from event_process import EventProcess
 from test_reliability_restart import _free_ports
 from test_serve import tiny_model
 
@@ -71,35 +65,9 @@ for line in sys.stdin:
 """
 
 
-class ServeProcess:
+class ServeProcess(EventProcess):
     def __init__(self, config: Path) -> None:
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
-        cmd = [sys.executable, "-c", CHILD, str(config), SESSION]
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=REPO)
-        self.events: queue.Queue[dict[str, Any]] = queue.Queue()
-        threading.Thread(target=self._pump, daemon=True).start()
-
-    def _pump(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            if line.startswith("{"):
-                self.events.put(json.loads(line))
-
-    def next_event(self, name: str, timeout_s: float = 60.0) -> dict[str, Any]:
-        while True:
-            event = self.events.get(timeout=timeout_s)  # queue.Empty: the test fails
-            if event["event"] == name:
-                return event
-
-    def tell(self, line: str) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(line + "\n")
-        self.proc.stdin.flush()
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10.0)
+        super().__init__([sys.executable, "-c", CHILD, str(config), SESSION], timeout_s=60.0)
 
 
 def test_sigkilled_service_restarts_with_a_continuous_audit_and_equal_headsets(tmp_path: Path) -> None:
