@@ -19,7 +19,6 @@ import argparse
 import json
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from mentor_fixtures import SESSION, Published, chromium_page, make_scene, serve, stop, synthetic_frame  # noqa: E402
+from mentor_fixtures import SESSION, FramePump, Published, chromium_page, make_scene, serve, stop, synthetic_frame  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 BITS, BLOCK, MASK = 24, 24, (1 << 24) - 1
@@ -88,29 +87,11 @@ def stamped(t_ms: int, base: np.ndarray) -> np.ndarray:
     return img
 
 
-class StampPump:
-    def __init__(self, room: Any, scene: Any, fps: float = 30.0) -> None:
-        self.room, self.scene, self.period = room, scene, 1.0 / fps
-        self.base = synthetic_frame(0)  # smooth gradients and a bar (pure noise would be an encoder torture test)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+class StampPump(FramePump):
+    """Frames carry the wall-clock send time in their pixels, read back in the page."""
 
-    def __enter__(self) -> StampPump:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-    def _run(self) -> None:
-        next_at = time.monotonic()
-        while not self._stop.is_set():
-            next_at += self.period
-            self._stop.wait(max(0.0, next_at - time.monotonic()))
-            t_mono = time.monotonic_ns()
-            self.room.push_pose(t_mono, self.scene.pose())
-            self.room.push_video(stamped(int(time.time() * 1000), synthetic_frame(t_mono)), t_mono)
+    def frame(self, t_ns: int) -> np.ndarray:
+        return stamped(int(time.time() * 1000), synthetic_frame(t_ns))
 
 
 def _measure(page: Any, served: Any, quality: str, seconds: float, sessions: int) -> list[float]:

@@ -200,13 +200,19 @@ class MentorServer:
             log.info("refused a mentor token for session %s: %s", room.session, exc)
             return _error(401, str(exc))
 
-    async def _config(self, request: web.Request) -> web.StreamResponse:
+    def _authorised(self, request: web.Request) -> tuple[MentorRoom, Claims] | web.Response:
+        """The session's room and the caller's claims, or the 404 / 401 answer."""
         room = self._room(request)
         if room is None:
             return _error(404, "no such session")
         claims = self._authorise(request, room)
-        if isinstance(claims, web.Response):
-            return claims
+        return claims if isinstance(claims, web.Response) else (room, claims)
+
+    async def _config(self, request: web.Request) -> web.StreamResponse:
+        found = self._authorised(request)
+        if isinstance(found, web.Response):
+            return found
+        room, claims = found
         cam = room.camera
         return web.json_response(
             {
@@ -220,12 +226,10 @@ class MentorServer:
         )
 
     async def _offer(self, request: web.Request) -> web.StreamResponse:
-        room = self._room(request)
-        if room is None:
-            return _error(404, "no such session")
-        claims = self._authorise(request, room)
-        if isinstance(claims, web.Response):
-            return claims
+        found = self._authorised(request)
+        if isinstance(found, web.Response):
+            return found
+        room, claims = found
         try:
             offer = parse_offer(await request.read(), self.config.max_offer_bytes)
         except SignallingError as exc:

@@ -219,11 +219,18 @@ class FramePump:
         self._thread.join(timeout=5)
 
     def _run(self) -> None:
-        while not self._stop.wait(self.period):
+        next_at = time.monotonic()
+        while not self._stop.is_set():
+            next_at += self.period
+            self._stop.wait(max(0.0, next_at - time.monotonic()))  # pacing at fps, not synchronisation
             t = time.monotonic_ns()
             self.room.push_pose(t, self.scene.pose())
-            self.room.push_video(synthetic_frame(t), t)
+            self.room.push_video(self.frame(t), t)
             self.pushed += 1
+
+    def frame(self, t_ns: int) -> np.ndarray:
+        """The video frame pushed at monotonic time ``t_ns`` (benchmarks stamp theirs)."""
+        return synthetic_frame(t_ns)
 
 
 class HeadsetPoller:
