@@ -91,6 +91,8 @@ class SessionSettings(_Strict):
     # Keep the annotation log in state_dir/annotations/<name>.sqlite so a restarted
     # service resumes the same epoch: headsets replay what they missed, nothing is lost.
     persist_annotations: bool = True
+    # Per-frame records kept for status and reports (~1 kB each): 18,000 is 5 min at 60 Hz.
+    history_frames: int = Field(default=18_000, ge=100)
     # Headset video camera (width, height, fx, fy, cx, cy in pixels), assumed to sit where
     # the depth camera is; the default is the demo's simulated camera.
     video_intrinsics: list[float] = Field(default_factory=lambda: [640.0, 480.0, 256.0, 256.0, 319.5, 239.5])

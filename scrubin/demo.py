@@ -35,6 +35,7 @@ from scrubin.service import Service, ensure_phantom
 from scrubin.session import SessionKeys, TheatreSession
 
 log = logging.getLogger(__name__)
+DEMO_HISTORY_FRAMES = 200_000  # an hour at the demo's frame rate
 
 SESSION = "demo"
 HEADSET = "demo-headset"
@@ -79,7 +80,14 @@ def run_demo(opts: DemoOptions, say: Callable[[str], None], stop: threading.Even
     phantom = ensure_phantom(settings.cache_dir, say)
     # Each demo run is a new theatre session: marks of an earlier run must not come back.
     settings.sessions = [
-        SessionSettings(name=SESSION, model=str(phantom), pub_port=0, ctl_port=0, persist_annotations=False)
+        SessionSettings(
+            name=SESSION,
+            model=str(phantom),
+            pub_port=0,
+            ctl_port=0,
+            persist_annotations=False,
+            history_frames=DEMO_HISTORY_FRAMES,  # the report covers the whole run (or its last hour)
+        )
     ]
     with tempfile.TemporaryDirectory(prefix="scrubin-demo-") as tmp:
         keys, headset_args = _keys(Path(tmp))

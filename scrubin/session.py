@@ -99,7 +99,7 @@ def _token_secret(directory: Path) -> bytes:
 
 
 # ------------------------------------------------------------------ records
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FrameRecord:
     """One depth frame the loop registered (times on the server's monotonic clock)."""
 
@@ -172,7 +172,7 @@ class TheatreSession:
         self.bridge: BridgeServer = BridgeServer(keys.server, keys.allowlist, config)
         self.model: SurfaceModel | None = None
         self.target_mm: F64 | None = None
-        self.frames: deque[FrameRecord] = deque(maxlen=200_000)
+        self.frames: deque[FrameRecord] = deque(maxlen=settings.history_frames)
         self.skipped = 0
         self.video_frames = 0
         self.latest_video: tuple[npt.NDArray[np.uint8], int] | None = None  # rgb, t_capture_ns (server)
