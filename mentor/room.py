@@ -227,12 +227,9 @@ class MentorRoom:
     def annotate(self, claims: Claims, req: Annotate, clock: FrameClock | None = None) -> Ack:
         """Anchor and publish a mark, or answer again what was answered for this cid."""
         key = (claims.nonce, req.cid)
-        if key in self._acks:
-            self.count("duplicate")
-            return _duplicate(self._acks[key])
-        if not claims.may_annotate:
-            self._audit(claims.name, claims.role, "refused_annotation", cid=req.cid)
-            return Ack(req.cid, False, error=f"role {claims.role!r} cannot annotate")
+        early = self._answered_or_refused(claims, key, "annotate")
+        if early is not None:
+            return early
         try:
             ack = self._place(claims, req, clock)
         except ValueError as exc:
@@ -241,12 +238,9 @@ class MentorRoom:
 
     def erase(self, claims: Claims, req: Erase) -> Ack:
         key = (claims.nonce, req.cid)
-        if key in self._acks:
-            self.count("duplicate")
-            return _duplicate(self._acks[key])
-        if not claims.may_annotate:
-            self._audit(claims.name, claims.role, "refused_annotation", cid=req.cid)
-            return Ack(req.cid, False, error=f"role {claims.role!r} cannot erase")
+        early = self._answered_or_refused(claims, key, "erase")
+        if early is not None:
+            return early
         mark = self.marks.get(req.id)
         if mark is None:
             return self._remember(key, Ack(req.cid, False, id=req.id, error=f"no mark with id {req.id!r}"))
@@ -255,6 +249,17 @@ class MentorRoom:
         del self.marks[req.id]
         self._audit(claims.name, claims.role, "erase", id=req.id)
         return self._remember(key, Ack(req.cid, True, id=req.id))
+
+    def _answered_or_refused(self, claims: Claims, key: tuple[str, str], verb: str) -> Ack | None:
+        """The earlier answer to a re-sent message (applied once), or a refusal for a role
+        that may not mark; None when the request is new and allowed."""
+        if key in self._acks:
+            self.count("duplicate")
+            return _duplicate(self._acks[key])
+        if not claims.may_annotate:
+            self._audit(claims.name, claims.role, "refused_annotation", cid=key[1])
+            return Ack(key[1], False, error=f"role {claims.role!r} cannot {verb}")
+        return None
 
     def _remember(self, key: tuple[str, str], ack: Ack) -> Ack:
         self._acks[key] = ack

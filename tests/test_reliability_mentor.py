@@ -21,6 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from mentor_fixtures import SESSION, FramePump, Published, PyViewer, Scene, Served, make_scene, post, serve, stop
+from waiting import until
 
 from mentor.signalling import SignallingError, bearer_token, parse_message, parse_offer
 from mentor.tokens import issue, new_secret
@@ -129,16 +130,6 @@ def loop() -> Iterator[LoopThread]:
 
 def counters(s: Served) -> dict[str, int]:
     return dict(s.server.call(lambda: dict(s.room.counters)))
-
-
-def until(pred: Any, timeout_s: float = 10.0) -> bool:
-    """Poll ``pred`` with a deadline (peers close asynchronously on the server loop)."""
-    deadline, tick = time.monotonic() + timeout_s, threading.Event()
-    while not pred():
-        if time.monotonic() > deadline:
-            return False
-        tick.wait(0.02)
-    return True
 
 
 def no_peers_left(s: Served) -> bool:

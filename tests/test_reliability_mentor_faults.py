@@ -14,11 +14,9 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import psutil
 import pytest
@@ -38,6 +36,7 @@ from mentor_fixtures import (
     stop,
 )
 from test_reliability_phi import SERIES_UID, STUDY_UID, _leaks, _needles
+from waiting import until
 
 from mentor.config import MentorConfig
 from mentor.room import MentorRoom
@@ -64,15 +63,6 @@ async def main() -> None:
 
 asyncio.run(main())
 """
-
-
-def until(pred: Any, timeout_s: float = 10.0) -> bool:
-    deadline, tick = time.monotonic() + timeout_s, threading.Event()
-    while not pred():
-        if time.monotonic() > deadline:
-            return False
-        tick.wait(0.02)
-    return True
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ from typing import IO, Any
 
 import numpy as np
 import pytest
+from waiting import until as _until
 
 from headset_bridge.client import ClientConfig, HeadsetClient
 from headset_bridge.keys import load_keypair, write_keypair
@@ -133,16 +134,6 @@ def test_second_instance_on_the_same_ports_fails_clearly(tmp_path: Path, model_d
         )
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [f"error: {err.value}"]
-
-
-def _until(predicate: Any, timeout_s: float) -> bool:
-    """Poll ``predicate`` until it holds or the deadline passes."""
-    deadline, tick = time.monotonic() + timeout_s, threading.Event()
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        tick.wait(0.01)
-    return True
 
 
 def _lines(stream: IO[str], out: queue.Queue[str]) -> None:
