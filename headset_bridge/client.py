@@ -289,7 +289,8 @@ class HeadsetClient:
         intrinsics: tuple[float, float, float, float],
         depth_unit_mm: float = 1.0,
         t_capture_ns: int | None = None,
-    ) -> None:
+    ) -> int:
+        """Queue a depth frame; returns its message seq (poses name it as ``sensor_frame_seq``)."""
         arr = np.ascontiguousarray(depth, dtype="<u2")
         if arr.ndim != 2:
             msg = f"depth must be 2-D (height, width), got shape {arr.shape!r}"
@@ -307,18 +308,18 @@ class HeadsetClient:
             "cy": cy,
             "T_world_camera": as_transform(T_world_camera, "T_world_camera").reshape(16).tolist(),
         }
-        self._enqueue_uplink("depth", header, arr.tobytes())
+        return self._enqueue_uplink("depth", header, arr.tobytes())
 
     def send_video(
         self, data: bytes, width: int, height: int, encoding: str = "rgb8", t_capture_ns: int | None = None
-    ) -> None:
+    ) -> int:
         header = {
             "t_capture_ns": t_capture_ns or time.monotonic_ns(),
             "width": width,
             "height": height,
             "encoding": encoding,
         }
-        self._enqueue_uplink("video", header, bytes(data))
+        return self._enqueue_uplink("video", header, bytes(data))
 
     def send_headset_pose(self, T_world_head: Mat4, t_capture_ns: int | None = None) -> None:
         T = as_transform(T_world_head, "T_world_head")
@@ -333,11 +334,13 @@ class HeadsetClient:
         """Send frames as they are (tests, fuzzing)."""
         self._dealer.send_multipart(frames, flags=zmq.NOBLOCK)
 
-    def _enqueue_uplink(self, topic: str, header: dict[str, Any], payload: bytes) -> None:
+    def _enqueue_uplink(self, topic: str, header: dict[str, Any], payload: bytes) -> int:
         if len(self._uplink) == self._uplink.maxlen:
             self.counters.add(f"uplink_dropped:{topic}")
-        self._uplink.append(P.encode(topic, {"seq": self._next_seq(), "t_ns": time.monotonic_ns(), **header}, payload))
+        seq = self._next_seq()
+        self._uplink.append(P.encode(topic, {"seq": seq, "t_ns": time.monotonic_ns(), **header}, payload))
         self._flush()
+        return seq
 
     def _next_seq(self) -> int:
         self._seq += 1

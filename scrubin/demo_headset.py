@@ -106,20 +106,13 @@ def _connect(args: argparse.Namespace) -> Any:
     return HeadsetClient(load_keypair(args.key), config)
 
 
-def _last_sent_seq(client: Any) -> int:
-    # The reference client does not return the seq it gave a message; it is its message
-    # counter right after the send (one seq per message, no other thread sends).
-    return int(client._seq)
-
-
 def _send(client: Any, f: Any, rgb: npt.NDArray[np.uint8], st: _State) -> int:
     from registration.frames import invert
 
     K = f.depth.intrinsics
     T_world_camera = T_WORLD_MODEL @ invert(f.T_sensor_model)
     t_cap = time.monotonic_ns()
-    client.send_depth(f.depth.depth, T_world_camera, (K.fx, K.fy, K.cx, K.cy), 1.0, t_capture_ns=t_cap)
-    seq = _last_sent_seq(client)
+    seq = int(client.send_depth(f.depth.depth, T_world_camera, (K.fx, K.fy, K.cx, K.cy), 1.0, t_capture_ns=t_cap))
     client.send_video(rgb.tobytes(), VIDEO_W, VIDEO_H, "rgb8", t_capture_ns=t_cap)
     st.truth[seq] = T_world_camera
     st.last_depth[seq] = f.depth.depth

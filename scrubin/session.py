@@ -502,13 +502,13 @@ class TheatreSession:
         if status != self._loop.status:
             self.audit.append(*SYSTEM_ACTOR, f"registration {status}", frame=frame.seq, reasons=list(est.reasons)[:3])
             self._loop.status = status
+        T_world_model = frame.T_world_camera @ est.T_sensor_model
         if status == "tracking":
-            self._loop.T_world_model_good = frame.T_world_camera @ est.T_sensor_model
+            self._loop.T_world_model_good = T_world_model
         if self._mentor is not None:
             from mentor.anchoring import FramePose
 
-            pose = FramePose(frame.T_world_camera, frame.T_world_camera @ est.T_sensor_model, status)
-            self._mentor.push_pose(int(t_cap), pose)
+            self._mentor.push_pose(int(t_cap), FramePose(frame.T_world_camera, T_world_model, status))
 
     def _estimate(self, depth: Any, frame: UplinkDepth, t_capture: int) -> tuple[Estimate, str]:
         lp = self._loop

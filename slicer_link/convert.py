@@ -21,6 +21,7 @@ import numpy as np
 import numpy.typing as npt
 from pyigtl.messages import PointMessage, StringMessage, TransformMessage
 
+from headset_bridge.messages import as_transform
 from slicer_link.config import WireFrame
 from slicer_link.polydata import PolyDataMessage
 
@@ -189,13 +190,7 @@ def seed_from_message(msg: Any, wire_frame: WireFrame) -> SeedTransform:
 def check_rigid(value: object, name: str) -> F64:
     """A rigid 4x4 (orthonormal rotation, det +1, last row 0 0 0 1, translation mm) with
     its rotation projected onto SO(3), or ValueError quoting the matrix."""
-    T = np.array(value, dtype=np.float64)
-    if T.shape != (4, 4):
-        msg = f"{name} must be 4x4, got shape {T.shape!r}"
-        raise ValueError(msg)
-    if not np.all(np.isfinite(T)):
-        msg = f"{name} must be finite, got {T.tolist()!r}"
-        raise ValueError(msg)
+    T = as_transform(value, name)  # 4x4, finite: the bridge's check
     if not np.allclose(T[3], [0, 0, 0, 1], atol=1e-6):
         msg = f"{name} must have last row [0, 0, 0, 1], got {T[3].tolist()!r}"
         raise ValueError(msg)

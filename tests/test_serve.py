@@ -220,8 +220,7 @@ def test_useless_depth_frames_get_lost_poses_and_the_loop_survives(tmp_path: Pat
         rng = np.random.default_rng(0)
         frames = [np.zeros((64, 64), np.uint16), rng.integers(0, 65535, (64, 64), dtype=np.uint16)]
         for depth in frames:
-            headset.send_depth(depth, np.eye(4), (50.0, 50.0, 31.5, 31.5))
-            sent = headset._seq  # the reference client's message counter: this frame's seq
+            sent = headset.send_depth(depth, np.eye(4), (50.0, 50.0, 31.5, 31.5))
             assert headset.wait_for(lambda s=sent: headset.view().sensor_frame_seq == s, 10.0)
             view = headset.view()
             assert view.status == "lost" and not view.live
@@ -272,8 +271,7 @@ def test_lost_tracking_reinitialises_from_the_last_trusted_pose(tmp_path: Path) 
             blocked = 6 <= k < 10  # a drape over the whole view: no depth at all
             depth = np.zeros_like(f.depth.depth) if blocked else f.depth.depth
             K = f.depth.intrinsics
-            headset.send_depth(depth, invert(f.T_sensor_model), (K.fx, K.fy, K.cx, K.cy))
-            seq = headset._seq  # the reference client's message counter: this frame's seq
+            seq = headset.send_depth(depth, invert(f.T_sensor_model), (K.fx, K.fy, K.cx, K.cy))
             truth[seq] = f.T_sensor_model
             assert headset.wait_for(lambda s=seq: headset.view().sensor_frame_seq == s, 10.0)
         assert _until(lambda: len(session.records()) == 18, 5.0)
