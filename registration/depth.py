@@ -54,24 +54,31 @@ class DepthFrame:
     max_mm: float = AHAT_MAX_RANGE_MM
 
 
-_RAY_CACHE: dict[tuple[int, int, float, float, float, float, int], F64] = {}
+def _pixel_box(K: PinholeIntrinsics, stride: int, roi: tuple[int, int, int, int] | None) -> tuple[int, int, int, int]:
+    """Rows r0:r1 and columns c0:c1 of the strided pixel grid inside ``roi`` (whole image
+    when None); empty when r1 <= r0 or c1 <= c0."""
+    rows, cols = -(-K.height // stride), -(-K.width // stride)
+    if roi is None:
+        return 0, rows, 0, cols
+    u0, v0, u1, v1 = roi
+    r0, r1 = -(-max(v0, 0) // stride), -(-min(v1, K.height) // stride)
+    c0, c1 = -(-max(u0, 0) // stride), -(-min(u1, K.width) // stride)
+    return r0, r1, c0, c1
 
 
-def _rays(K: PinholeIntrinsics, stride: int) -> F64:
-    """(rows, cols, 3) rays (x/z, y/z, 1) of the strided pixel grid, cached per intrinsics,
-    so that depth * ray is the point."""
-    key = (K.width, K.height, K.fx, K.fy, K.cx, K.cy, stride)
-    if key not in _RAY_CACHE:
-        v, u = np.mgrid[0 : K.height : stride, 0 : K.width : stride].astype(np.float64)
-        _RAY_CACHE[key] = np.stack([(u - K.cx) / K.fx, (v - K.cy) / K.fy, np.ones_like(u)], -1)
-    return _RAY_CACHE[key]
-
-
-def depth_to_points(frame: DepthFrame, stride: int = 1, roi: tuple[int, int, int, int] | None = None) -> F64:
+def depth_to_points(
+    frame: DepthFrame,
+    stride: int = 1,
+    roi: tuple[int, int, int, int] | None = None,
+    max_points: int | None = None,
+) -> F64:
     """Back-project valid pixels of every ``stride``-th row and column to (N, 3) sensor mm.
 
     ``roi`` = (u0, v0, u1, v1) restricts to a pixel box (the tracker passes the predicted
-    projection of the model, so the background is never converted)."""
+    projection of the model, so the background is never converted). ``max_points`` keeps
+    an evenly spread subset of the valid pixels (every k-th in raster order) and converts
+    only those: the tracker fits a few hundred points, so converting and gating thousands
+    would be wasted work inside the latency budget."""
     depth = np.asarray(frame.depth)
     K = frame.intrinsics
     if depth.shape != (K.height, K.width):
@@ -80,17 +87,19 @@ def depth_to_points(frame: DepthFrame, stride: int = 1, roi: tuple[int, int, int
     if stride < 1:
         msg = f"stride must be >= 1, got {stride}"
         raise ValueError(msg)
-    rays = _rays(K, stride)
-    if roi is None:
-        r0, r1, c0, c1 = 0, rays.shape[0], 0, rays.shape[1]
-    else:
-        u0, v0, u1, v1 = roi
-        r0, r1 = -(-max(v0, 0) // stride), -(-min(v1, K.height) // stride)
-        c0, c1 = -(-max(u0, 0) // stride), -(-min(u1, K.width) // stride)
-        if r1 <= r0 or c1 <= c0:
-            return np.zeros((0, 3))
+    r0, r1, c0, c1 = _pixel_box(K, stride, roi)
+    if r1 <= r0 or c1 <= c0:
+        return np.zeros((0, 3))
     sub = depth[r0 * stride : r1 * stride : stride, c0 * stride : c1 * stride : stride]
     z = sub.reshape(-1).astype(np.float64) * frame.depth_unit_mm
     # NaN compares false, so this one test drops NaN, zero and out-of-range values.
-    valid = (z >= frame.min_mm) & (z <= frame.max_mm)
-    return rays[r0:r1, c0:c1].reshape(-1, 3)[valid] * z[valid, None]
+    idx = np.flatnonzero((z >= frame.min_mm) & (z <= frame.max_mm))
+    if max_points is not None and len(idx) > max_points > 0:
+        idx = idx[:: -(-len(idx) // max_points)]
+    width = c1 - c0
+    zs = z[idx]
+    out = np.empty((len(idx), 3))
+    out[:, 0] = ((idx % width + c0) * stride - K.cx) * (zs / K.fx)
+    out[:, 1] = ((idx // width + r0) * stride - K.cy) * (zs / K.fy)
+    out[:, 2] = zs
+    return out

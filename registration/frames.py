@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Final
 
 import numpy as np
@@ -66,22 +67,28 @@ def skew(v: F64) -> F64:
 
 
 def se3_exp(xi: F64) -> F64:
-    """Exponential map of a 6-vector (omega, v) to a 4x4 transform."""
-    omega, v = xi[:3], xi[3:]
-    theta = float(np.linalg.norm(omega))
-    K = skew(omega)
+    """Exponential map of a 6-vector (omega, v) to a 4x4 transform.
+
+    Scalars go through ``math`` and the 3x3 products are written once: this runs several
+    times per tracked frame, where numpy's per-call overhead is most of the cost."""
+    wx, wy, wz = float(xi[0]), float(xi[1]), float(xi[2])
+    t2 = wx * wx + wy * wy + wz * wz
+    theta = math.sqrt(t2)
     if theta < 1e-4:  # series: 1 - cos(theta) underflows to 0 for tiny angles
-        t2 = theta**2
         a, b, c = 1.0 - t2 / 6.0, 0.5 - t2 / 24.0, 1.0 / 6.0 - t2 / 120.0
     else:
-        a = np.sin(theta) / theta
-        b = (1.0 - np.cos(theta)) / theta**2
-        c = (1.0 - a) / theta**2
-    R = np.eye(3) + a * K + b * (K @ K)
-    V = np.eye(3) + b * K + c * (K @ K)
+        a = math.sin(theta) / theta
+        b = (1.0 - math.cos(theta)) / t2
+        c = (1.0 - a) / t2
+    K = np.array([[0.0, -wz, wy], [wz, 0.0, -wx], [-wy, wx, 0.0]])
+    K2 = K @ K
     T = np.eye(4)
-    T[:3, :3] = R
-    T[:3, 3] = V @ v
+    T[:3, :3] += a * K + b * K2
+    V = b * K + c * K2
+    V[0, 0] += 1.0
+    V[1, 1] += 1.0
+    V[2, 2] += 1.0
+    T[:3, 3] = V @ xi[3:]
     return T
 
 

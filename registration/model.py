@@ -130,13 +130,13 @@ class SurfaceModel:
         return model
 
     # ---------------------------------------------------------------- queries
-    def lookup(self, points_model: F64) -> NDArray[np.int64]:
+    def lookup(self, points_model: F64) -> NDArray[np.int32]:
         """Nearest-vertex index for each model-frame point via the grid (-1 = off band)."""
-        ijk = ((points_model - self._grid_origin) * (1.0 / self.grid_mm) + 0.5).astype(np.int64)
+        ijk = (points_model * (1.0 / self.grid_mm) + self._grid_offset).astype(np.intp)
         # Points off the grid are clipped onto its border cells, which lie a full band
         # away from the surface and therefore hold -1: no separate bounds test needed.
-        np.clip(ijk, 0, self._grid_shape - 1, out=ijk)
-        out: NDArray[np.int64] = self._grid[ijk @ self._grid_strides].astype(np.int64)
+        flat = np.ravel_multi_index(tuple(ijk.T), self._grid_dims, mode="clip")
+        out: NDArray[np.int32] = self._grid[flat]
         return out
 
     def nearest(self, points_model: F64) -> tuple[F64, NDArray[np.int64]]:
@@ -210,8 +210,8 @@ class SurfaceModel:
         g3[[0, -1]] = g3[:, [0, -1]] = g3[:, :, [0, -1]] = -1
         self._grid = grid
         self._grid_origin = origin
-        self._grid_shape = shape
-        self._grid_strides = np.array([shape[1] * shape[2], shape[2], 1], dtype=np.int64)
+        self._grid_dims = (int(shape[0]), int(shape[1]), int(shape[2]))
+        self._grid_offset = 0.5 - origin / h  # cell index = point / h + offset, rounded
 
 
 def _landmarks(marks: dict[str, object] | None) -> tuple[Landmark, ...]:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
+from numpy.typing import NDArray
 
 from registration.confidence import (
     ConfidenceConfig,
@@ -35,10 +37,11 @@ log = logging.getLogger(__name__)
 class TrackerConfig:
     stride: int = 2  # every 2nd row and column inside the predicted model box
     max_points: int = 500  # points used in the fit
+    candidate_margin: float = 1.5  # pixels converted per frame: this x (fit + holdout) / near share
     holdout_points: int = 200  # points kept back to check the fit
     gate_mm: float = 10.0  # initial correspondence gate around the predicted pose
     tracking_gate_mm: float = 6.0  # tighter while tracking: the motion model is good
-    tol_mm: float = 0.03  # stop when the step moves points by less than this
+    tol_mm: float = 0.1  # stop when the step moves points by less than this (well below the noise-limited TRE)
     inlier_mm: float = 3.0  # fitness / rmse inlier distance
     iterations: int = 10
     roi_margin_px: int = 16
@@ -68,6 +71,7 @@ class Tracker:
         self._last_ts: int | None = None
         self._machine = StatusMachine(self.config.confidence)
         self._rng = np.random.default_rng(self.config.seed)
+        self._near_share = 0.02  # unknown before the first frame: convert every pixel
         self._tre_points = self._tre_reference()
         lo, hi = model.bounds
         self._corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
@@ -94,13 +98,20 @@ class Tracker:
     # ------------------------------------------------------------------ steps
     def _points(self, frame: Frame, T_pred: F64) -> F64:
         if isinstance(frame, DepthFrame):
-            return depth_to_points(frame, self.config.stride, self._roi(frame, T_pred))
+            return depth_to_points(frame, self.config.stride, self._roi(frame, T_pred), self._candidates())
         pts = np.asarray(frame, dtype=np.float64)
         if pts.ndim != 2 or pts.shape[1] != 3:
             msg = f"points must be (N, 3) mm, got shape {pts.shape}"
             raise ValueError(msg)
         keep: F64 = pts[np.all(np.isfinite(pts), axis=1) & np.any(pts != 0.0, axis=1)]
-        return keep
+        step = -(-len(keep) // self._candidates())
+        return keep[::step] if step > 1 else keep
+
+    def _candidates(self) -> int:
+        """How many points to convert and gate: enough that, at the share of points near
+        the model seen in the last frame, the fit and holdout sets stay full."""
+        cfg = self.config
+        return int(cfg.candidate_margin * (cfg.max_points + cfg.holdout_points) / max(self._near_share, 0.02))
 
     def _predict(self, ts: int) -> F64:
         if self._last_ts is None:
@@ -128,6 +139,7 @@ class Tracker:
         # nothing more, and the random split below then is all near-surface points.
         near = self.model.lookup(transform_points(T_model_sensor, points)) >= 0
         cand = points[near]
+        self._near_share = len(cand) / max(len(points), 1)
         if len(cand) < cfg.confidence.min_correspondences:
             return self._lost(t0, f"too few points near the model ({len(cand)})", ts)
         order = self._rng.permutation(len(cand))
@@ -152,10 +164,11 @@ class Tracker:
         cfg = self.config
         see = see_through_fraction(self.model, res.T_model_sensor, probe, cfg.see_through_margin_mm)
         T_new = invert(res.T_model_sensor)
-        fitness, rmse, n_in = _inlier_stats(self.model, res.T_model_sensor, fit, cfg.inlier_mm)
-        h_fit, h_rmse, _ = _inlier_stats(self.model, res.T_model_sensor, hold, cfg.inlier_mm)
+        (fitness, rmse, n_in), (h_fit, h_rmse, _) = _inlier_stats(
+            self.model, res.T_model_sensor, fit, hold, cfg.inlier_mm
+        )
         cov = covariance_about_origin(res.information, res.pivot, max(res.sigma_mm, rmse))
-        length = float(np.sqrt(np.mean(np.sum((fit - fit.mean(0)) ** 2, axis=1))))
+        length = float(np.sqrt(np.sum(np.var(fit, axis=0))))  # RMS distance from the centroid
         cond = normalised_condition(res.information, max(length, 1.0))
         tre = float(np.max(predicted_tre(cov, self._tre_points)))
         jump_mm, jump_deg = _jump(T_pred, T_new, self._tre_points)
@@ -205,28 +218,33 @@ class Tracker:
         return np.asarray(pts, dtype=np.float64)
 
 
-def _inlier_stats(model: SurfaceModel, T_model_sensor: F64, pts: F64, inlier_mm: float) -> tuple[float, float, int]:
-    """Fitness (inlier share of near-surface points), inlier RMSE and inlier count."""
-    if len(pts) == 0:
-        return 0.0, float("inf"), 0
-    P = transform_points(T_model_sensor, pts)
+def _inlier_stats(
+    model: SurfaceModel, T_model_sensor: F64, fit: F64, hold: F64, inlier_mm: float
+) -> tuple[tuple[float, float, int], tuple[float, float, int]]:
+    """Fitness (inlier share of near-surface points), inlier RMSE and inlier count of the
+    fitted and the held-back points, in one pass over both."""
+    P = transform_points(T_model_sensor, np.concatenate([fit, hold]))
     idx = model.lookup(P)
     ok = idx >= 0
-    d = np.full(len(P), np.inf)
-    diff = P[ok] - model.vertices[idx[ok]]
-    d[ok] = np.abs(np.einsum("ij,ij->i", diff, model.normals[idx[ok]]))
-    full = np.full(len(P), np.inf)
-    full[ok] = np.linalg.norm(diff, axis=1)
-    inl = (d < inlier_mm) & (full < inlier_mm + model.grid_mm)
+    diff = P - model.vertices[np.where(ok, idx, 0)]
+    d = np.abs(np.einsum("ij,ij->i", diff, model.normals[np.where(ok, idx, 0)]))
+    full2 = np.einsum("ij,ij->i", diff, diff)
+    inl = ok & (d < inlier_mm) & (full2 < (inlier_mm + model.grid_mm) ** 2)
+    return _share(d[: len(fit)], inl[: len(fit)]), _share(d[len(fit) :], inl[len(fit) :])
+
+
+def _share(d: F64, inl: NDArray[np.bool_]) -> tuple[float, float, int]:
+    if len(d) == 0:
+        return 0.0, float("inf"), 0
     n_in = int(inl.sum())
-    rmse = float(np.sqrt(np.mean(d[inl] ** 2))) if n_in else float("inf")
-    return n_in / len(P), rmse, n_in
+    rmse = float(np.sqrt(np.mean(np.square(d[inl])))) if n_in else float("inf")
+    return n_in / len(d), rmse, n_in
 
 
 def _jump(T_pred: F64, T_new: F64, refs: F64) -> tuple[float, float]:
     """Largest displacement of the reference points and the rotation angle between the
     predicted and fitted poses (measured where it matters, not at the LPS origin)."""
-    d = transform_points(T_pred, refs) - transform_points(T_new, refs)
-    R = T_pred[:3, :3].T @ T_new[:3, :3]
-    ang = np.degrees(np.arccos(np.clip((np.trace(R) - 1.0) / 2.0, -1.0, 1.0)))
-    return float(np.max(np.linalg.norm(d, axis=1))), float(ang)
+    D = T_pred - T_new
+    d = refs @ D[:3, :3].T + D[:3, 3]
+    cos = (float(np.sum(T_pred[:3, :3] * T_new[:3, :3])) - 1.0) / 2.0  # trace(R_pred^T R_new)
+    return float(np.sqrt(np.max(np.sum(d * d, axis=1)))), math.degrees(math.acos(min(1.0, max(-1.0, cos))))
