@@ -7,8 +7,8 @@ sample is one click at a random point on the sphere's image; the clock starts at
 page's ``pointerdown`` event (``performance.timeOrigin + event.timeStamp``, wall clock)
 and stops when the headset client's ``on_annotation`` fires (``time.time()``, same
 machine clock). The path: page -> data channel (SCTP/DTLS, aiortc) -> server (frame
-lookup, ray cast) -> bridge PUB -> headset; the audit write (SQLite, synchronous=FULL)
-follows the publish. The same clicks are measured with the video off (annotation-only
+lookup, ray cast) -> annotation log (SQLite, fsync'd, as sessions persist it) -> bridge
+PUB -> headset; the audit write (SQLite, synchronous=FULL) follows the publish. The same clicks are measured with the video off (annotation-only
 mode) in the same run, to show what the video pipeline costs the data channel.
 
 Usage: .venv/bin/python bench/bench_mentor_annotation.py [--quick] [--clicks 100]
@@ -64,7 +64,10 @@ def service() -> None:
     server_keys, headset = KeyPair.generate(), KeyPair.generate()
     server_pub, _ = write_keypair(keydir, "server", server_keys)
     _, headset_secret = write_keypair(keydir, "hl-a", headset)
-    bridge = BridgeServer(server_keys, Allowlist({"hl-a": headset.public}), ServerConfig.ephemeral()).start()
+    # As a deployed session: every annotation op is fsync'd to the session's log before it is sent.
+    store = keydir / "annotations.sqlite"
+    config = ServerConfig.ephemeral(annotation_store=store)
+    bridge = BridgeServer(server_keys, Allowlist({"hl-a": headset.public}), config).start()
     scene = make_scene()
     served = serve(scene, Path(tempfile.mkdtemp(prefix="bench-mentor-")), bridge.annotate)
     info = {

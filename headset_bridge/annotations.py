@@ -42,7 +42,15 @@ class AnnotationLog:
             log.info("annotation log restored from %s: %d ops, %d annotations", store.path, self.seq, len(self.state))
 
     def apply(self, op: AnnotationOpName, ann: Annotation | str) -> AnnotationOp:
-        """Validate, assign the next seq, apply. ``ann`` is an id for delete."""
+        """Validate, assign the next seq, persist, apply. ``ann`` is an id for delete."""
+        entry = self.prepare(op, ann)
+        self.commit(entry)
+        return entry
+
+    def prepare(self, op: AnnotationOpName, ann: Annotation | str) -> AnnotationOp:
+        """Validate and assign the next seq, and persist it when there is a store, without
+        applying it: the server fsyncs here without holding up its PUB socket, then
+        commits and sends. Calls must be serialised with :meth:`commit` by the caller."""
         ident = ann if isinstance(ann, str) else ann.id
         if op == "add" and ident in self.state:
             msg = f"cannot add annotation, id already present, got {ident!r}"
@@ -63,8 +71,14 @@ class AnnotationLog:
         entry = AnnotationOp(seq=self.seq + 1, op=op, id=ident, annotation=stored)
         if self._store is not None:
             self._store.append(entry)  # durable before anyone can see it: a crash loses nothing seen
-        self._commit(entry)
         return entry
+
+    def commit(self, entry: AnnotationOp) -> None:
+        """Apply a prepared op (the next in sequence)."""
+        if entry.seq != self.seq + 1:
+            msg = f"annotation op {entry.seq} does not follow op {self.seq}"
+            raise ValueError(msg)
+        self._commit(entry)
 
     def _commit(self, entry: AnnotationOp) -> None:
         if entry.op == "delete":

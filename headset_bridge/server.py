@@ -111,6 +111,9 @@ class BridgeServer:
         self._ctl: zmq.Socket[Any] | None = None
         # _pub_lock: PUB socket, latest pose, annotation log, model (send order == seq order).
         self._pub_lock = threading.Lock()
+        # _ann_lock: one annotation op at a time from validation to broadcast (taken before
+        # _pub_lock, never inside it), so the fsync of an op does not hold up poses.
+        self._ann_lock = threading.Lock()
         self._latest: PoseUpdate | None = None
         self._latest_at_ns = 0
         self._log = AnnotationLog(store=store)
@@ -185,18 +188,26 @@ class BridgeServer:
             self._send_pose(repeat=False)
 
     def annotate(self, op: AnnotationOpName, ann: Annotation | str) -> AnnotationOp:
-        """Apply an op to the log and broadcast it; returns it with its seq."""
-        with self._pub_lock:
-            entry = self._log.apply(op, ann)
-            header = {
-                "seq": entry.seq,
-                "t_ns": time.monotonic_ns(),
-                "op": entry.op,
-                "id": entry.id,
-                "epoch": self.epoch,
-            }
-            self._send_pub(P.encode("ann", header, P.json_bytes(entry.to_json())))
+        """Apply an op to the log and broadcast it; returns it with its seq.
+
+        The op is persisted (fsync) under the annotation lock only, so poses keep flowing
+        meanwhile; it becomes visible (state, sync replies, PUB) under the PUB lock."""
+        with self._ann_lock:
+            entry = self._log.prepare(op, ann)
+            with self._pub_lock:
+                self._log.commit(entry)
+                self._send_annotation(entry)
         return entry
+
+    def _send_annotation(self, entry: AnnotationOp) -> None:
+        header = {
+            "seq": entry.seq,
+            "t_ns": time.monotonic_ns(),
+            "op": entry.op,
+            "id": entry.id,
+            "epoch": self.epoch,
+        }
+        self._send_pub(P.encode("ann", header, P.json_bytes(entry.to_json())))
 
     def publish_audio(self, pcm: bytes, sample_rate: int, channels: int = 1, speaker: str = "") -> int:
         """Send mentor voice (PCM s16le) to every headset; never blocks. Returns its seq."""

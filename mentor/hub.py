@@ -120,7 +120,7 @@ class Peer:
         self.send({"type": "hello", **self.hello()})
         self.hub.broadcast_participants()
         self._last_marks = ""
-        self.push_views()
+        self.push_views(self.hub.marks_json())
 
     def _on_track(self, track: Any) -> None:
         if track.kind == "audio" and self.claims.may_annotate:
@@ -176,8 +176,8 @@ class Peer:
         if self.channel is not None and self.channel.readyState == "open":
             self.channel.send(json.dumps(payload, separators=(",", ":")))
 
-    def push_views(self) -> None:
-        marks = json.dumps(self.hub.room.marks_view(), separators=(",", ":"))
+    def push_views(self, marks: str) -> None:
+        """Send the marks view (JSON) if it changed since this peer last got it."""
         if marks != self._last_marks and self.channel is not None and self.channel.readyState == "open":
             self._last_marks = marks
             self.channel.send(marks)
@@ -266,9 +266,15 @@ class RoomHub:
                 peer.last_ping = None  # scheduled once
                 peer._spawn(self.remove(peer, "silent"))
 
+    def marks_json(self) -> str:
+        return json.dumps(self.room.marks_view(), separators=(",", ":"))
+
     def push_marks(self) -> None:
+        if not self.peers:
+            return
+        marks = self.marks_json()  # once for every peer
         for peer in list(self.peers):
-            peer.push_views()
+            peer.push_views(marks)
 
     async def _tick(self) -> None:
         period = 1.0 / self.config.status_hz
@@ -276,7 +282,6 @@ class RoomHub:
             await asyncio.sleep(period)
             try:
                 self._drop_silent()
-                self.push_marks()  # re-projected with the current pose; sent only when changed
-                self.broadcast(self.room.status_view())
+                self.broadcast(self.room.status_view())  # pages re-project marks with its P_image_model
             except Exception:  # a broadcast error must not stop the ticker
                 log.exception("mentor status tick failed")

@@ -28,7 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from headset_bridge.messages import Annotation, AnnotationOpName
-from mentor.anchoring import Anchor, FramePose, MeshRayCaster, anchor_click, project_marks
+from mentor.anchoring import Anchor, FramePose, MeshRayCaster, anchor_click, project_marks, projection_matrix
 from mentor.frameclock import FrameClock
 from mentor.signalling import Annotate, Erase
 from mentor.tokens import Claims
@@ -326,12 +326,31 @@ class MentorRoom:
         return anchors, why, t_capture_ns if t_capture_ns is not None else t_pose
 
     def marks_view(self) -> dict[str, Any]:
-        """Every mark where it appears now: anchored ones projected with the current pose."""
+        """Every mark where it appears now: anchored ones projected with the current pose,
+        with their model points so the page re-projects them with each status's
+        ``P_image_model`` (the marks list is sent only when it changes, never per pose:
+        re-sending every mark at the status rate held the event loop for milliseconds)."""
         latest = self.latest_pose()
+        marks = list(self.marks.values())
+        projected = [m for m in marks if m.anchored] if latest is not None else []
+        where: dict[str, list[list[float | bool]]] = {}
+        if latest is not None and projected:
+            pose = latest[1]
+            pts = np.concatenate([np.asarray(m.annotation.points_mm, np.float64).reshape(-1, 3) for m in projected])
+            uv, visible = project_marks(pts, self.camera, pose.T_world_camera, pose.T_world_model)
+            rows = [[u, v, s] for (u, v), s in zip(np.round(uv, 1).tolist(), visible.tolist(), strict=True)]
+            start = 0
+            for m in projected:
+                n = len(m.annotation.points_mm)
+                where[m.annotation.id] = rows[start : start + n]
+                start += n
         items = []
-        for m in self.marks.values():
+        for m in marks:
             a = m.annotation
-            item: dict[str, Any] = {
+            uv_items = where.get(a.id)
+            if uv_items is None:
+                uv_items = [[u, v, not m.anchored] for u, v in (a.screen_xy or ())]
+            item = {
                 "id": a.id,
                 "kind": a.kind,
                 "author": a.author,
@@ -339,15 +358,10 @@ class MentorRoom:
                 "color": a.color,
                 "anchored": m.anchored,
                 "reason": m.reason,
+                "uv": uv_items,
             }
-            if m.anchored and latest is not None:
-                pose = latest[1]
-                uv, visible = project_marks(a.points_mm, self.camera, pose.T_world_camera, pose.T_world_model)
-                item["uv"] = [
-                    [round(float(u), 1), round(float(v), 1), bool(s)] for (u, v), s in zip(uv, visible, strict=True)
-                ]
-            else:
-                item["uv"] = [[u, v, not m.anchored] for u, v in (a.screen_xy or ())]
+            if m.anchored:
+                item["points_mm"] = [[round(c, 2) for c in p] for p in a.points_mm]
             items.append(item)
         return {"type": "marks", "items": items}
 
@@ -359,7 +373,11 @@ class MentorRoom:
             age_ms = ((time.monotonic_ns() if now_ns is None else now_ns) - latest[0]) / 1e6
         if age_ms is not None and age_ms > STALE_POSE_MS:
             status = "lost"  # the registration loop went quiet: never show an old pose as live
-        return {"type": "status", "tracking": status, "pose_age_ms": age_ms}
+        P = None
+        if latest is not None:
+            pose = latest[1]
+            P = np.round(projection_matrix(self.camera, pose.T_world_camera, pose.T_world_model), 6).tolist()
+        return {"type": "status", "tracking": status, "pose_age_ms": age_ms, "P_image_model": P}
 
     def voice(self, speaker: str, pcm: bytes, sample_rate: int) -> None:
         if self.publish_voice is None:

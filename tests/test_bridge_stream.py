@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
+from pathlib import Path
+from typing import Any
 
 import pytest
 from bridge_fixtures import Bridge, ann, make_bridge, pose, ready, running_bridge, until_live, wait_all
@@ -211,3 +214,37 @@ def test_registration_estimate_duck_typed_lost_with_infinite_rmse(bridge: Bridge
     )  # no seq: next one
     assert c.wait_for(lambda: c.view().seq == 3, 3.0)
     until_live(bridge, [c])
+
+
+def test_poses_keep_flowing_while_an_annotation_is_being_made_durable(tmp_path: Path, monkeypatch: Any) -> None:
+    """An annotation op is fsync'd before anyone sees it; that wait must not hold up poses."""
+    from headset_bridge.annotations import AnnotationStore
+
+    stalled, release = threading.Event(), threading.Event()
+    real_append = AnnotationStore.append
+
+    def slow_append(self: AnnotationStore, entry: Any) -> None:
+        stalled.set()
+        assert release.wait(10.0), "test never released the store"
+        real_append(self, entry)
+
+    monkeypatch.setattr(AnnotationStore, "append", slow_append)
+    b = make_bridge(annotation_store=tmp_path / "ann.sqlite")
+    try:
+        c = b.client("hl-a")
+        assert c.wait_for(lambda: ready(c), 5.0)
+        writer = threading.Thread(target=b.server.annotate, args=("add", ann(1)))
+        writer.start()
+        assert stalled.wait(5.0)
+        b.server.publish_pose(pose(7))  # while the op waits for its disk
+        assert c.wait_for(lambda: c.view().seq == 7, 3.0)
+        assert "a1" not in c.annotations.state and b.server.annotations[0] == 0  # not visible before durable
+        release.set()
+        writer.join(5.0)
+        assert c.wait_for(lambda: "a1" in c.annotations.state, 3.0)
+        assert b.server.annotations[0] == 1
+    finally:
+        release.set()
+        for cl in list(b.clients):
+            cl.close()
+        b.server.stop()

@@ -110,6 +110,12 @@ def test_mentor_sees_video_and_marks_land_on_the_model_at_the_headset(
     assert np.linalg.norm(point - expected) < 2.0, (point, expected)
     assert got["ann"].author == "dr-m" and got["ann"].kind == "point"
 
+    # The page draws the mark by re-projecting its model point with the latest status's
+    # projection: on this still scene, back at the clicked pixel.
+    page.wait_for_function(f"mentor.projection !== null && mentor.marks.some(m => m.id === '{ack['id']}')")
+    drawn = page.evaluate(f"mentor.markUv('{ack['id']}')")
+    assert drawn[0][2] is True and abs(drawn[0][0] - u) < 2.0 and abs(drawn[0][1] - v) < 2.0, (drawn, u, v)
+
     # Status bar: connected, tracking, a link grade from getStats, the participant list.
     page.wait_for_function("document.getElementById('link').textContent !== '-' && mentor.participants.length === 1")
     assert page.text_content("#tracking") == "tracking"

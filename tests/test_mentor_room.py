@@ -47,8 +47,20 @@ def test_a_mark_uses_the_pose_of_the_clicked_frame_not_the_latest(scene: Scene, 
     assert expected is not None and np.linalg.norm(np.asarray(ack.point_model_mm) - expected) < 2.0
     assert published.ops[0][0] == "add"
     # The mentors see it where the *current* camera sees that model point: not at the click.
-    uv = room.marks_view()["items"][0]["uv"][0]
+    item = room.marks_view()["items"][0]
+    uv = item["uv"][0]
     assert abs(uv[0] - 320.0) > 20.0
+    # Pages re-project the mark's model points with the status's P_image_model: same place.
+    P = np.asarray(room.status_view()["P_image_model"])
+    x, y, w = P @ np.append(item["points_mm"][0], 1.0)
+    assert w > 0 and abs(x / w - uv[0]) < 0.2 and abs(y / w - uv[1]) < 0.2, (x / w, y / w, uv)
+
+
+def test_status_without_a_pose_has_no_projection_and_2d_marks_carry_no_points(scene: Scene, tmp_path: Path) -> None:
+    room, _, secret = _room(scene, tmp_path)
+    assert room.status_view()["P_image_model"] is None
+    room.annotate(_claims(secret), _mark("c1"))  # no pose at all: a 2D mark
+    assert "points_mm" not in room.marks_view()["items"][0]
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,7 @@
     session, role: null, name: null, mayAnnotate: false, camera: { width: 640, height: 480 },
     conn: "starting", tracking: "lost", link: "-", quality: "high", error: null,
     frames: 0, lastRtp: null, lastFrameAt: 0, marks: [], participants: [], acks: [], errors: [],
-    pending: new Map(), sent: 0, resent: 0, statusAt: 0, rttMs: null, connectedAt: null,
+    pending: new Map(), sent: 0, resent: 0, statusAt: 0, rttMs: null, connectedAt: null, projection: null,
   };
   window.mentor = state; // read by tests and by people debugging a session
   state.peer = () => pc;
@@ -187,10 +187,24 @@
   window.addEventListener("resize", resize);
 
   // -- drawing --------------------------------------------------------------------------
+  // Anchored marks are re-projected here with the newest status's P_image_model (3x4, model
+  // mm -> image pixels), so the server sends the marks only when they change.
+  function project(P, p) {
+    const r = (i) => P[i][0] * p[0] + P[i][1] * p[1] + P[i][2] * p[2] + P[i][3];
+    const w = r(2);
+    if (!(w > 1e-6)) return [0, 0, false];
+    const u = r(0) / w, v = r(1) / w;
+    const inside = u >= -0.5 && u <= state.camera.width - 0.5 && v >= -0.5 && v <= state.camera.height - 0.5;
+    return [u, v, inside];
+  }
+  function markUv(m) {
+    return m.anchored && m.points_mm && state.projection ? m.points_mm.map((p) => project(state.projection, p)) : m.uv;
+  }
+  state.markUv = (id) => { const m = state.marks.find((x) => x.id === id); return m ? markUv(m) : null; };
   function draw() {
     ctx.clearRect(0, 0, overlay.width, overlay.height);
     for (const m of state.marks) {
-      const pts = m.uv.filter((p) => p[2]).map((p) => toCanvas(p[0], p[1]));
+      const pts = markUv(m).filter((p) => p[2]).map((p) => toCanvas(p[0], p[1]));
       if (!pts.length) continue;
       ctx.strokeStyle = ctx.fillStyle = m.color;
       ctx.lineWidth = 3;
@@ -214,10 +228,18 @@
     }
   }
 
+  let listedMarks = "";
   function listMarks() {
-    $("marks").replaceChildren(...state.marks.map((m) => {
+    // Marks arrive re-projected up to 10 times a second; the list only changes when marks
+    // are added or erased, and rebuilding it each time kept the page's main thread (which
+    // also takes the clicks) busy.
+    const lines = state.marks.map((m) => `${m.kind}${m.text ? ` "${m.text}"` : ""} by ${m.author}: ${m.anchored ? "on the model" : `2D only (${m.reason})`}`);
+    const key = lines.join("\n");
+    if (key === listedMarks) return;
+    listedMarks = key;
+    $("marks").replaceChildren(...lines.map((text) => {
       const li = document.createElement("li");
-      li.textContent = `${m.kind}${m.text ? ` "${m.text}"` : ""} by ${m.author}: ${m.anchored ? "on the model" : `2D only (${m.reason})`}`;
+      li.textContent = text;
       return li;
     }));
   }
@@ -296,6 +318,7 @@
       state.marks = m.items; draw(); listMarks();
     } else if (m.type === "status") {
       state.tracking = m.tracking; state.statusAt = Date.now();
+      if (m.P_image_model || state.projection) { state.projection = m.P_image_model || null; draw(); }
     } else if (m.type === "participants") {
       state.participants = m.list;
       $("people").replaceChildren(...m.list.map((p) => {
