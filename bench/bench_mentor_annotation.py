@@ -59,6 +59,9 @@ def service() -> None:
     """Child: bridge + mentor server + frame pump, until stdin closes."""
     from headset_bridge.keys import Allowlist, KeyPair, write_keypair
     from headset_bridge.server import BridgeServer, ServerConfig
+    from scrubin.runtime import tune_for_service
+
+    tune_for_service()  # as `scrubin serve` does
 
     keydir = Path(tempfile.mkdtemp(prefix="bench-keys-"))
     server_keys, headset = KeyPair.generate(), KeyPair.generate()

@@ -31,6 +31,7 @@ from typing import Any
 
 from scrubin.config import SessionSettings, load_settings
 from scrubin.report import DemoResult, Feed, assemble, live_summary
+from scrubin.runtime import tune_for_service
 from scrubin.service import Service, ensure_phantom
 from scrubin.session import SessionKeys, TheatreSession
 
@@ -289,7 +290,7 @@ def _stop_headset(run: _Run) -> None:
 
 def run_demo_command(seconds: float | None, report: Path, headless: bool, seed: int) -> Path:
     """The CLI side: console output, Ctrl-C, the report; returns the report page."""
-    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    tune_for_service()
     from rich.console import Console
 
     from scrubin.report import write_report

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 import threading
 import time
@@ -20,6 +19,7 @@ from typing import Any
 from rich.console import Console
 
 from scrubin.config import Settings, dump_toml, load_settings
+from scrubin.runtime import tune_for_service
 
 console = Console(highlight=False, soft_wrap=True)
 
@@ -53,7 +53,7 @@ def run_config_dump(config: Path | None) -> None:
 
 
 def run_serve(config: Path | None, json_logs: bool) -> None:
-    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # see bench/bench_tracking.py
+    tune_for_service()
     if json_logs:
         use_json_logs()
     from scrubin.service import Service, stop_on_signals

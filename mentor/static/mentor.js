@@ -318,7 +318,8 @@
       state.marks = m.items; draw(); listMarks();
     } else if (m.type === "status") {
       state.tracking = m.tracking; state.statusAt = Date.now();
-      if (m.P_image_model || state.projection) { state.projection = m.P_image_model || null; draw(); }
+      const P = m.P_image_model || null;
+      if (JSON.stringify(P) !== JSON.stringify(state.projection)) { state.projection = P; draw(); } // redraw only when the view moved
     } else if (m.type === "participants") {
       state.participants = m.list;
       $("people").replaceChildren(...m.list.map((p) => {
