@@ -22,12 +22,8 @@ import asyncio
 import contextlib
 import fractions
 import logging
-import os
-import sys
-import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -42,9 +38,6 @@ VIDEO_CLOCK_HZ: Final = 90_000
 TIME_BASE: Final = fractions.Fraction(1, VIDEO_CLOCK_HZ)
 KEYFRAME_MIN_INTERVAL_S: Final = 0.1  # coalesce PLI storms and joins into one keyframe
 VIEWER_QUEUE: Final = 3  # encoded frames waiting for one sender; beyond that it resyncs
-# Encoder threads run this much nicer than the rest of the service: on a loaded machine a
-# mark or a pose must not wait behind bulk video encoding (a late frame is only late).
-ENCODER_NICE: Final = 5
 
 
 @dataclass(frozen=True)
@@ -189,14 +182,11 @@ class ViewerTrack(MediaStreamTrack):  # type: ignore[misc]  # aiortc is untyped 
 class SharedEncoder:
     """Encodes each new frame once for this level when anyone watches; fans packets out."""
 
-    def __init__(
-        self, level: QualityLevel, clock: Callable[[], float] = time.monotonic, executor: Executor | None = None
-    ) -> None:
+    def __init__(self, level: QualityLevel, clock: Callable[[], float] = time.monotonic) -> None:
         self.level = level
         self.viewers: set[ViewerTrack] = set()
         self._encoder = Vp8Level(level)
         self._clock = clock
-        self._executor = executor  # None: the event loop's default executor
         self._want_key = True
         self._last_key_at = -1e9
         self._busy = False
@@ -220,7 +210,7 @@ class SharedEncoder:
         self._busy = True
         try:
             loop = asyncio.get_running_loop()
-            frame = await loop.run_in_executor(self._executor, self._encoder.encode, rgb, t_capture_ns, key)
+            frame = await loop.run_in_executor(None, self._encoder.encode, rgb, t_capture_ns, key)
         finally:
             self._busy = False
         if frame is None:
@@ -232,17 +222,6 @@ class SharedEncoder:
         return True
 
 
-def _lower_thread_priority() -> None:
-    """Make the calling encoder thread nicer (Linux nice values are per thread)."""
-    if sys.platform != "linux":
-        return  # elsewhere PRIO_PROCESS would renice the whole service
-    tid = threading.get_native_id()
-    try:
-        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + ENCODER_NICE)
-    except OSError as exc:
-        log.info("could not lower the video encoder's priority: %s", exc)
-
-
 def route_keyframe_requests(sender: Any, request: Callable[[], None]) -> None:
     """Send the viewer's PLI/FIR to the shared encoder (aiortc calls ``_send_keyframe``)."""
     sender._send_keyframe = request
@@ -252,8 +231,7 @@ class VideoRelay:
     """A room's video: the latest headset frame, encoded once per level that has viewers."""
 
     def __init__(self) -> None:
-        self._pool = ThreadPoolExecutor(len(LEVELS), "mentor-vp8", initializer=_lower_thread_priority)
-        self.encoders = {name: SharedEncoder(level, executor=self._pool) for name, level in LEVELS.items()}
+        self.encoders = {name: SharedEncoder(level) for name, level in LEVELS.items()}
         self._wake = asyncio.Event()
         self._latest: tuple[npt.NDArray[np.uint8], int] | None = None
         self._task: asyncio.Task[None] | None = None
@@ -266,7 +244,6 @@ class VideoRelay:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        self._pool.shutdown(wait=False, cancel_futures=True)
 
     def level(self, name: str) -> SharedEncoder | None:
         """The encoder of a quality level; None for annotation-only mode."""
