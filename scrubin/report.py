@@ -318,7 +318,7 @@ def _markdown(result: DemoResult, plots: list[Path], directory: Path, notes: lis
         "| goal | measured | verdict |",
         "|---|---|---|",
         f"| depth frame in -> pose at headset, p95 <= 12 ms | {m['in_to_pose_p95_ms']:.2f} ms | {m['goals']['in_to_pose_p95_ms<=12']} |",
-        f"| headset capture -> pose at headset, p95 <= 12 ms | {m['total_p95_ms']:.2f} ms | {m['goals']['total_p95_ms<=12']} |",
+        f"| stricter reading, uplink included: headset capture -> pose at headset, p95 <= 12 ms | {m['total_p95_ms']:.2f} ms | {m['goals']['total_p95_ms<=12']} |",
         f"| tracking share from first lock >= 95 % | {100 * m['tracking_share_after_lock']:.1f} % | {m['goals']['tracking_share_after_lock>=0.95']} |",
         f"| TRE at the deep target (tracking frames) p95 <= 1 mm | {m['tre_tracking_p95_mm']:.3f} mm | {m['goals']['tre_tracking_p95_mm<=1']} |",
         f"| frames with TRE > 3 mm reported / shown as tracking: 0 | {m['tracking_frames_over_3mm']} / {m['headset_shown_tracking_over_3mm']} | {m['goals']['no_tracking_frame_over_3mm']} |",
