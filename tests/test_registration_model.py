@@ -104,6 +104,21 @@ def test_depth_to_points_drops_invalid_and_respects_units_and_roi() -> None:
         depth_to_points(DepthFrame(np.zeros((2, 2)), K))
 
 
+def test_depth_to_points_max_points_keeps_an_even_subset_of_the_same_points() -> None:
+    rng = np.random.default_rng(3)
+    depth = rng.uniform(150.0, 900.0, (512, 512))
+    depth[rng.random(depth.shape) < 0.3] = np.nan
+    frame = DepthFrame(depth, PinholeIntrinsics.ahat())
+    roi = (100, 80, 400, 420)
+    full = depth_to_points(frame, 2, roi)
+    some = depth_to_points(frame, 2, roi, max_points=1000)
+    assert 500 < len(some) <= 1000
+    step = -(-len(full) // 1000)
+    np.testing.assert_allclose(some, full[::step])  # every k-th valid pixel, not a random pick
+    assert np.ptp(some[:, 1]) > 0.9 * np.ptp(full[:, 1])  # spread over the whole box
+    np.testing.assert_allclose(depth_to_points(frame, 2, roi, max_points=10**6), full)
+
+
 @settings(max_examples=50, deadline=None)
 @given(
     st.lists(st.floats(-3.0, 3.0), min_size=3, max_size=3),
