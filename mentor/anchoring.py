@@ -100,12 +100,16 @@ def anchor_click(u: float, v: float, camera: PinholeIntrinsics, pose: FramePose,
     return Anchor(True, (float(hit[0]), float(hit[1]), float(hit[2])), screen, "hit the model")
 
 
+def _camera_from_model(T_world_camera: F64, T_world_model: F64) -> F64:
+    out: F64 = invert(np.asarray(T_world_camera, np.float64)) @ np.asarray(T_world_model, np.float64)
+    return out
+
+
 def projection_matrix(camera: PinholeIntrinsics, T_world_camera: F64, T_world_model: F64) -> F64:
     """3x4 ``P_image_model = K [R | t]`` of ``T_camera_model``: a model point p (mm) shows at
     pixel (x / w, y / w) of ``(x, y, w) = P [p, 1]`` when w (its depth, mm) is positive.
     Sent to mentor pages with each status so they re-project marks themselves."""
-    T_camera_model = invert(np.asarray(T_world_camera, np.float64)) @ np.asarray(T_world_model, np.float64)
-    out: F64 = camera.matrix() @ T_camera_model[:3]
+    out: F64 = camera.matrix() @ _camera_from_model(T_world_camera, T_world_model)[:3]
     return out
 
 
@@ -113,7 +117,7 @@ def project_marks(
     points_model_mm: npt.ArrayLike, camera: PinholeIntrinsics, T_world_camera: F64, T_world_model: F64
 ) -> tuple[F64, npt.NDArray[np.bool_]]:
     """Where model-frame marks appear on a frame with the given (current) poses."""
-    T_camera_model = invert(np.asarray(T_world_camera, np.float64)) @ np.asarray(T_world_model, np.float64)
+    T_camera_model = _camera_from_model(T_world_camera, T_world_model)
     p = np.atleast_2d(np.asarray(points_model_mm, np.float64))
     in_camera = p @ T_camera_model[:3, :3].T + T_camera_model[:3, 3]
     return project(camera, in_camera)

@@ -332,7 +332,7 @@ class MentorRoom:
         re-sending every mark at the status rate held the event loop for milliseconds)."""
         latest = self.latest_pose()
         marks = list(self.marks.values())
-        projected = [m for m in marks if m.anchored] if latest is not None else []
+        projected = [m for m in marks if m.anchored]
         where: dict[str, list[list[float | bool]]] = {}
         if latest is not None and projected:
             pose = latest[1]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -54,6 +55,14 @@ class DepthFrame:
     max_mm: float = AHAT_MAX_RANGE_MM
 
 
+def every_kth(items: NDArray[Any], max_items: int | None) -> NDArray[Any]:
+    """At most ``max_items`` of ``items``, evenly spread: every k-th in their order (a
+    depth image's raster order spreads them over the image). None keeps everything."""
+    if max_items is None or max_items <= 0 or len(items) <= max_items:
+        return items
+    return items[:: -(-len(items) // max_items)]
+
+
 def _pixel_box(K: PinholeIntrinsics, stride: int, roi: tuple[int, int, int, int] | None) -> tuple[int, int, int, int]:
     """Rows r0:r1 and columns c0:c1 of the strided pixel grid inside ``roi`` (whole image
     when None); empty when r1 <= r0 or c1 <= c0."""
@@ -93,9 +102,7 @@ def depth_to_points(
     sub = depth[r0 * stride : r1 * stride : stride, c0 * stride : c1 * stride : stride]
     z = sub.reshape(-1).astype(np.float64) * frame.depth_unit_mm
     # NaN compares false, so this one test drops NaN, zero and out-of-range values.
-    idx = np.flatnonzero((z >= frame.min_mm) & (z <= frame.max_mm))
-    if max_points is not None and len(idx) > max_points > 0:
-        idx = idx[:: -(-len(idx) // max_points)]
+    idx = every_kth(np.flatnonzero((z >= frame.min_mm) & (z <= frame.max_mm)), max_points)
     width = c1 - c0
     zs = z[idx]
     out = np.empty((len(idx), 3))

@@ -17,7 +17,7 @@ from registration.confidence import (
     failures,
     see_through_fraction,
 )
-from registration.depth import DepthFrame, depth_to_points
+from registration.depth import DepthFrame, depth_to_points, every_kth
 from registration.estimate import Estimate, Status, lost, predicted_tre
 from registration.frames import (
     F64,
@@ -104,8 +104,7 @@ class Tracker:
             msg = f"points must be (N, 3) mm, got shape {pts.shape}"
             raise ValueError(msg)
         keep: F64 = pts[np.all(np.isfinite(pts), axis=1) & np.any(pts != 0.0, axis=1)]
-        step = -(-len(keep) // self._candidates())
-        return keep[::step] if step > 1 else keep
+        return every_kth(keep, self._candidates())
 
     def _candidates(self) -> int:
         """How many points to convert and gate: enough that, at the share of points near
@@ -226,8 +225,9 @@ def _inlier_stats(
     P = transform_points(T_model_sensor, np.concatenate([fit, hold]))
     idx = model.lookup(P)
     ok = idx >= 0
-    diff = P - model.vertices[np.where(ok, idx, 0)]
-    d = np.abs(np.einsum("ij,ij->i", diff, model.normals[np.where(ok, idx, 0)]))
+    j = np.where(ok, idx, 0)  # off-band points gather vertex 0 and are masked out below
+    diff = P - model.vertices[j]
+    d = np.abs(np.einsum("ij,ij->i", diff, model.normals[j]))
     full2 = np.einsum("ij,ij->i", diff, diff)
     inl = ok & (d < inlier_mm) & (full2 < (inlier_mm + model.grid_mm) ** 2)
     return _share(d[: len(fit)], inl[: len(fit)]), _share(d[len(fit) :], inl[len(fit) :])

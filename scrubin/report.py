@@ -379,6 +379,13 @@ def _annotation_line(a: dict[str, Any]) -> str:
     return f"{a['id']} (placed via {a['via']}) at ({where}) mm in the model frame, reached the headset: {reached}"
 
 
+def _save(plt: Any, fig: Any, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def _figure(size: tuple[float, float]) -> tuple[Any, Any]:
     import matplotlib
 
@@ -404,10 +411,7 @@ def _plot_latency(path: Path, rows: Rows) -> Path:
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
     fig.suptitle("Latency per hop")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def _plot_tre(path: Path, rows: Rows) -> Path:
@@ -423,10 +427,7 @@ def _plot_tre(path: Path, rows: Rows) -> Path:
     ax.set_xlabel("time (s)")
     ax.set_ylabel("TRE at deep target (mm)")
     ax.legend(fontsize=7, loc="upper right")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def _plot_status(path: Path, rows: Rows) -> Path:
@@ -439,7 +440,4 @@ def _plot_status(path: Path, rows: Rows) -> Path:
     ax.set_yticks(range(len(STATUS_COLOURS)), list(STATUS_COLOURS))
     ax.set_ylim(-0.5, len(STATUS_COLOURS) - 0.5)
     ax.set_xlabel("time (s)")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
