@@ -58,7 +58,10 @@ def test_annotations_all_arrive_and_link_shows_degraded(drop_percent: int) -> No
     assert applied == list(range(applied[0], r["server_seq"] + 1))  # each op once, in order, none missing
     assert applied[0] == 1  # the headset synced before the first op: it applied every op itself
     assert r["digest_equal"]
-    assert r["poses_received"] >= r["published"] // 2, r  # poses keep flowing under loss
+    # Poses keep flowing: the newest one reaches the headset. Not a share within the 2.5 s
+    # window: TCP's backed-off retransmission timeouts under 30 % loss stalled it for over
+    # 1.5 s in 2 of 16 runs of the session-2 server and 3 of 14 of the current one.
+    assert r["pose_caught_up"], r
     assert r["statuses"].get("degraded", 0) > 0, r["statuses"]
 
 
