@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 from registration.frames import F64
+from registration.thinning import every_kth
 
 # HoloLens 2 AHAT-like articulated-hand-tracking depth camera: 512x512, ~45 Hz, wide FOV.
 AHAT_WIDTH = 512
@@ -53,14 +53,6 @@ class DepthFrame:
     depth_unit_mm: float = 1.0
     min_mm: float = 100.0
     max_mm: float = AHAT_MAX_RANGE_MM
-
-
-def every_kth(items: NDArray[Any], max_items: int | None) -> NDArray[Any]:
-    """At most ``max_items`` of ``items``, evenly spread: every k-th in their order (a
-    depth image's raster order spreads them over the image). None keeps everything."""
-    if max_items is None or max_items <= 0 or len(items) <= max_items:
-        return items
-    return items[:: -(-len(items) // max_items)]
 
 
 def _pixel_box(K: PinholeIntrinsics, stride: int, roi: tuple[int, int, int, int] | None) -> tuple[int, int, int, int]:

@@ -71,7 +71,7 @@ def ransac_hypotheses(
     for seed in seeds:
         o3d.utility.random.seed(seed)
         res = reg.registration_ransac_based_on_feature_matching(
-            s_pc, d_pc, s_f, d_f, True, dist,
+            s_pc, d_pc, s_f, d_f, False, dist,
             reg.TransformationEstimationPointToPoint(False), 3, checkers,
             reg.RANSACConvergenceCriteria(max_iterations, 0.999),
         )  # fmt: skip

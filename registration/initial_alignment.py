@@ -22,19 +22,21 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from registration.clutter import drop_support_planes
 from registration.estimate import Estimate, Status, lost
 from registration.frames import F64, invert, skew, transform_points
 from registration.icp import IcpResult, covariance_about_origin, normalised_condition, point_to_plane
-from registration.model import SurfaceModel
+from registration.model import ANCHOR_SPACING_MM, FEATURE_VOXEL_MM, SurfaceModel
+from registration.thinning import first_per_voxel
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class AlignmentConfig:
-    voxel_mm: float = 6.0  # FPFH scale
+    voxel_mm: float = FEATURE_VOXEL_MM  # FPFH scale
     dense_min_points: int = 5000  # fewer points than this: sparse (pointer) workflow
-    anchor_spacing_mm: float = 12.0
+    anchor_spacing_mm: float = ANCHOR_SPACING_MM
     spin_steps: int = 24
     coarse_points: int = 48
     coarse_trunc_mm: float = 15.0
@@ -44,10 +46,11 @@ class AlignmentConfig:
     top_k: int = 8
     final_k: int = 3
     scan_voxel_mm: float = 2.0  # dense scans are thinned to this first
+    drop_planes: bool = True  # tables, walls, drapes (registration.clutter)
     use_sweep: bool = True  # on dense scans too (sparse input always uses it)
-    use_fgr: bool = True
+    use_fgr: bool = False
     ransac_seeds: tuple[int, ...] = (0,)
-    ransac_iterations: int = 10000
+    ransac_iterations: int = 2000
     refine_points: int = 3000
     final_gate_mm: float = 3.0  # the last ICP iterations only trust points this close
     trunc_mm: float = 5.0  # truncation of the verification cost
@@ -87,8 +90,11 @@ def initial_alignment(
         return lost(_ms(t0), f"too few valid points ({len(pts)})")
     rng = np.random.default_rng(cfg.seed)
     dense = len(pts) >= cfg.dense_min_points
-    if dense:  # a scan also holds holder, table and room: keep a head-sized crop
-        pts = _crop_to_model_size(model, _voxel_thin(pts, cfg.scan_voxel_mm))
+    if dense:  # a scan also holds holder, table and room: drop planes, keep a head-sized crop
+        pts = pts[first_per_voxel(pts, cfg.scan_voxel_mm)]
+        if cfg.drop_planes:
+            pts = drop_support_planes(pts)
+        pts = _crop_to_model_size(model, pts)
     hyps = []
     if cfg.use_sweep or not dense:
         for patch in _patches(pts, cfg, rng):
@@ -153,12 +159,6 @@ def _kabsch(X: F64, Y: F64) -> F64:
 
 
 # ---------------------------------------------------------------- hypotheses
-def _voxel_thin(pts: F64, voxel_mm: float) -> F64:
-    """One point per occupied voxel (the first), a cheap uniform thinning."""
-    _, first = np.unique(np.floor(pts / voxel_mm).astype(np.int64), axis=0, return_index=True)
-    return pts[np.sort(first)]
-
-
 def _crop_to_model_size(model: SurfaceModel, pts: F64) -> F64:
     """Drop clutter that cannot be the patient: points farther from the scan's robust
     centre (median, iterated once on the kept points) than half the model's extent."""
@@ -197,7 +197,7 @@ def _sweep_hypotheses(model: SurfaceModel, pts: F64, cfg: AlignmentConfig, rng: 
     n_s = evecs[:, 0]
     sub = pts[rng.choice(len(pts), min(cfg.coarse_points, len(pts)), replace=False)] - c
     radius = float(np.sqrt(np.mean(np.sum((pts - c) ** 2, axis=1))))
-    anchors, normals = _smoothed_anchors(model, cfg.anchor_spacing_mm, radius)
+    anchors, normals = model.patch_anchors(cfg.anchor_spacing_mm, radius)
     spins = np.linspace(0.0, 2 * np.pi, cfg.spin_steps, endpoint=False)
     Rs, ts = [], []
     for sign in _normal_signs(pts, c, n_s):
@@ -246,21 +246,6 @@ def _normal_signs(pts: F64, c: F64, n: F64) -> tuple[float, ...]:
     if corr > 0.3:
         return (-1.0,)
     return (1.0, -1.0)
-
-
-def _smoothed_anchors(model: SurfaceModel, spacing: float, radius: float) -> tuple[F64, F64]:
-    """Anchors with normals averaged over the scene patch's radius: the patch's mean
-    normal is compared with the model's mean normal over a patch of the same size,
-    not with the normal of one vertex (which on a nose points anywhere)."""
-    from scipy.spatial import cKDTree
-
-    anchors, _ = model.anchors(spacing)
-    fine, fine_n = model.anchors(spacing / 2.0)
-    groups = cKDTree(fine).query_ball_point(anchors, r=radius)
-    normals = np.array([fine_n[g].sum(axis=0) for g in groups])
-    norm = np.linalg.norm(normals, axis=1)
-    keep = norm > 0.3 * np.array([len(g) for g in groups])  # skip incoherent patches
-    return anchors[keep], normals[keep] / norm[keep, None]
 
 
 def _coarse_cost(model: SurfaceModel, sub: F64, R: F64, t: F64, trunc: float) -> F64:

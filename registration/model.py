@@ -20,12 +20,15 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from registration.frames import F64
+from registration.thinning import first_per_voxel
 
 log = logging.getLogger(__name__)
 
 SUPPORTED_SCHEMA = 1
 DEFAULT_GRID_MM = 2.0
 DEFAULT_BAND_MM = 16.0
+FEATURE_VOXEL_MM = 6.0  # FPFH scale of markerless initial alignment
+ANCHOR_SPACING_MM = 12.0  # seeds of its hypothesis sweep
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,7 @@ class SurfaceModel:
         self._build_grid()
         self._scene: Any = None
         self._features: dict[float, tuple[F64, F64, F64]] = {}
+        self._patch_anchors: dict[tuple[float, float], tuple[F64, F64]] = {}
 
     # ---------------------------------------------------------------- builders
     @classmethod
@@ -101,8 +105,11 @@ class SurfaceModel:
         )
 
     @classmethod
-    def from_folder(cls, folder: str | Path, mesh: str = "skin", **kwargs: Any) -> SurfaceModel:
-        """Read ``manifest.json`` and the mesh's PLY from a patient-model folder."""
+    def from_folder(
+        cls, folder: str | Path, mesh: str = "skin", *, prepare_alignment: bool = True, **kwargs: Any
+    ) -> SurfaceModel:
+        """Read ``manifest.json`` and the mesh's PLY from a patient-model folder; with
+        ``prepare_alignment`` also what markerless initial alignment needs (~0.2 s)."""
         import open3d as o3d
 
         folder = Path(folder)
@@ -126,6 +133,8 @@ class SurfaceModel:
         tgt: dict[str, object] = {str(m.get("name")): _point(m) for m in _list_of_objects(marks, "targets")}
         model = cls.from_mesh(V, F, fiducials=fid, targets=tgt, **kwargs)
         model.name = mesh
+        if prepare_alignment:
+            model.prepare_alignment()
         log.info("model %s: %d vertices from %s", mesh, len(V), ply)
         return model
 
@@ -172,11 +181,43 @@ class SurfaceModel:
         voxel), the seeds of the markerless hypothesis sweep. Cached per spacing."""
         key = -round(float(spacing_mm), 3)  # negative keys: anchors; positive: features
         if key not in self._features:
-            cells = np.floor(self.vertices / spacing_mm).astype(np.int64)
-            _, first = np.unique(cells, axis=0, return_index=True)
+            first = first_per_voxel(self.vertices, spacing_mm)
             self._features[key] = (self.vertices[first], self.normals[first], np.zeros((0, 0)))
         pts, nrm, _ = self._features[key]
         return pts, nrm
+
+    def patch_anchors(self, spacing_mm: float, radius_mm: float) -> tuple[F64, F64]:
+        """Anchors (see :meth:`anchors`) with their normals averaged over a ball of
+        ``radius_mm`` (rounded to 5 mm for the cache): the mean normal of a scene patch
+        is compared with the model's mean normal over a patch of the same size, not with
+        one vertex's (which on a nose points anywhere). Anchors whose ball is incoherent
+        (summed normals shorter than 0.3 of the count) are skipped."""
+        radius = max(5.0, 5.0 * round(radius_mm / 5.0))
+        key = (round(float(spacing_mm), 3), radius)
+        if key not in self._patch_anchors:
+            anchors, _ = self.anchors(spacing_mm)
+            fine, fine_n = self.anchors(spacing_mm / 2.0)
+            pairs = cKDTree(anchors).sparse_distance_matrix(cKDTree(fine), radius, output_type="ndarray")
+            counts = np.bincount(pairs["i"], minlength=len(anchors))
+            summed = np.stack(
+                [np.bincount(pairs["i"], weights=fine_n[pairs["j"], k], minlength=len(anchors)) for k in range(3)],
+                axis=1,
+            )
+            norm = np.linalg.norm(summed, axis=1)
+            keep = (norm > 0.3 * counts) & (counts > 0)
+            self._patch_anchors[key] = (anchors[keep], summed[keep] / norm[keep, None])
+        return self._patch_anchors[key]
+
+    def prepare_alignment(
+        self, voxel_mm: float = FEATURE_VOXEL_MM, spacing_mm: float = ANCHOR_SPACING_MM
+    ) -> SurfaceModel:
+        """Fill the caches markerless initial alignment reads (FPFH sample at
+        ``voxel_mm``, sweep anchors at ``spacing_mm``), so the first alignment does not
+        pay for them and the model is not written to while shared. Returns self."""
+        self.surface_sample(voxel_mm)
+        self.anchors(spacing_mm)
+        self.anchors(spacing_mm / 2.0)
+        return self
 
     def target(self, name: str) -> F64:
         for t in self.targets + self.fiducials:

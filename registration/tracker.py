@@ -17,7 +17,7 @@ from registration.confidence import (
     failures,
     see_through_fraction,
 )
-from registration.depth import DepthFrame, depth_to_points, every_kth
+from registration.depth import DepthFrame, depth_to_points
 from registration.estimate import Estimate, Status, lost, predicted_tre
 from registration.frames import (
     F64,
@@ -29,6 +29,7 @@ from registration.frames import (
 )
 from registration.icp import IcpResult, covariance_about_origin, normalised_condition, point_to_plane
 from registration.model import SurfaceModel
+from registration.thinning import every_kth
 
 log = logging.getLogger(__name__)
 

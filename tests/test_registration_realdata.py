@@ -10,7 +10,7 @@ import pytest
 from conftest import real_data
 from registration_fixtures import about, perturbation, prepared_skin_folder
 
-from registration import Status, SurfaceModel, Tracker, initial_alignment
+from registration import Estimate, Status, SurfaceModel, Tracker, initial_alignment
 from registration.frames import F64, MM_PER_M, transform_points
 from registration.simulator import HeadsetSimulator
 
@@ -68,34 +68,43 @@ def _scan(name: str) -> F64:
     return np.asarray(o3d.io.read_point_cloud(str(path)).points) * MM_PER_M
 
 
-def test_full_hololens_scan_aligns(ct_skin: SurfaceModel) -> None:
-    est = initial_alignment(ct_skin, _scan("scanned_head_cropped.pcd"))
-    assert est.status is Status.TRACKING, est.reasons
-    assert est.rmse_mm <= 3.5
-    assert est.fitness > 0.7
+SCANS = ["scanned_head_cropped.pcd"] + [f"views/{i}.ply" for i in range(1, 9)]
 
 
-def test_hololens_views_agree_when_trusted(ct_skin: SurfaceModel) -> None:
-    """Every scan is in the same headset world frame, so trusted results must agree."""
-    ref = initial_alignment(ct_skin, _scan("scanned_head_cropped.pcd"))
-    centre = ct_skin.centroid[None]
-    for name in ("views/2.ply", "views/3.ply", "views/8.ply"):
-        est = initial_alignment(ct_skin, _scan(name))
-        assert est.rmse_mm <= 3.5 or est.status is not Status.TRACKING
-        if est.status is Status.TRACKING:
-            d = transform_points(est.T_sensor_model, centre) - transform_points(ref.T_sensor_model, centre)
-            assert np.linalg.norm(d) < 12.0, (name, est)
+@pytest.fixture(scope="module")
+def nine(ct_skin: SurfaceModel) -> dict[str, Estimate]:
+    """Each real scan aligned on its own (they share the headset's world frame)."""
+    return {name: initial_alignment(ct_skin, _scan(name)) for name in SCANS}
+
+
+def _face_centres(ct_skin: SurfaceModel, estimates: dict[str, Estimate]) -> F64:
+    face = ct_skin.centroid + np.array([0.0, -90.0, 0.0])  # roughly the face, anterior (-y)
+    return np.array([transform_points(e.T_sensor_model, face[None])[0] for e in estimates.values()])
+
+
+def test_every_hololens_scan_aligns_table_and_wall_included(nine: dict[str, Estimate]) -> None:
+    """Views 1 and 7 are half table and wall: support planes are dropped, not fitted."""
+    for name, est in nine.items():
+        assert est.status is Status.TRACKING, (name, est.reasons)
+        assert est.rmse_mm <= 3.5, (name, est.rmse_mm)
+        assert est.fitness > 0.7, (name, est.fitness)
+
+
+def test_hololens_scans_agree_at_the_face(ct_skin: SurfaceModel, nine: dict[str, Estimate]) -> None:
+    """All nine results must put the face at one place of the shared world frame. A
+    wrong basin is off by centimetres; the scans' own per-view depth distortion (scale
+    1.5-2.5 % apart between scans) leaves a few millimetres."""
+    centres = _face_centres(ct_skin, nine)
+    spread = np.linalg.norm(centres - np.median(centres, axis=0), axis=1)
+    assert spread.max() < 8.0, dict(zip(nine, spread.round(1), strict=True))
 
 
 @pytest.mark.xfail(
-    reason="issue goal not met: views 1 and 7 do not align (degraded) and trusted views "
-    "spread up to ~8 mm at the face centre",
+    reason="issue goal not met: the nine scans agree within ~7 mm at the face centre, "
+    "not 3 mm (each scan converges to its own optimum from any start; per-view depth "
+    "scale differs by up to 5 %)",
     strict=False,
 )
-def test_all_nine_scans_align_and_agree_within_3mm(ct_skin: SurfaceModel) -> None:
-    names = ["scanned_head_cropped.pcd"] + [f"views/{i}.ply" for i in range(1, 9)]
-    estimates = [initial_alignment(ct_skin, _scan(n)) for n in names]
-    assert all(e.status is Status.TRACKING and e.rmse_mm <= 3.5 for e in estimates)
-    face = ct_skin.centroid + np.array([0.0, -90.0, 0.0])  # roughly the face, anterior (-y)
-    pts = [transform_points(e.T_sensor_model, face[None])[0] for e in estimates]
-    assert max(np.linalg.norm(a - b) for a in pts for b in pts) <= 3.0
+def test_all_nine_scans_agree_within_3mm(ct_skin: SurfaceModel, nine: dict[str, Estimate]) -> None:
+    centres = _face_centres(ct_skin, nine)
+    assert max(np.linalg.norm(a - b) for a in centres for b in centres) <= 3.0
