@@ -57,22 +57,27 @@ def _arm(page: Any) -> None:
 
 def service() -> None:
     """Child: bridge + mentor server + frame pump, until stdin closes."""
-    from headset_bridge.keys import Allowlist, KeyPair, write_keypair
-    from headset_bridge.server import BridgeServer, ServerConfig
     from scrubin.runtime import tune_for_service
 
     tune_for_service()  # as `scrubin serve` does
 
-    keydir = Path(tempfile.mkdtemp(prefix="bench-keys-"))
+    with tempfile.TemporaryDirectory(prefix="bench-annotation-") as tmp:  # keys and logs go with it
+        _serve_until_stdin_closes(Path(tmp))
+
+
+def _serve_until_stdin_closes(tmp: Path) -> None:
+    from headset_bridge.keys import Allowlist, KeyPair, write_keypair
+    from headset_bridge.server import BridgeServer, ServerConfig
+
+    keydir = tmp / "keys"
     server_keys, headset = KeyPair.generate(), KeyPair.generate()
     server_pub, _ = write_keypair(keydir, "server", server_keys)
     _, headset_secret = write_keypair(keydir, "hl-a", headset)
     # As a deployed session: every annotation op is fsync'd to the session's log before it is sent.
-    store = keydir / "annotations.sqlite"
-    config = ServerConfig.ephemeral(annotation_store=store)
+    config = ServerConfig.ephemeral(annotation_store=tmp / "annotations.sqlite")
     bridge = BridgeServer(server_keys, Allowlist({"hl-a": headset.public}), config).start()
     scene = make_scene()
-    served = serve(scene, Path(tempfile.mkdtemp(prefix="bench-mentor-")), bridge.annotate)
+    served = serve(scene, tmp, bridge.annotate)
     info = {
         "url": served.server.url_for(SESSION, served.token()),
         "pub": bridge.pub_endpoint,

@@ -10,7 +10,10 @@ along itself), so a frame is *good* only if every detector passes:
 * a held-back subset of points, not used in the fit, agrees with the fit;
 * free space: the camera must not see *through* the model at the fitted pose (points
   measured well behind the rendered model surface). This catches a face slid along
-  itself, which fits well but leaves background visible where the head should be.
+  itself, which fits well but leaves background visible where the head should be;
+* before a lock is first reported, no distinct pose of the visible surface turned about
+  the view (upside down, mirrored) fits about as well (the tracker's ``_rival`` check):
+  an upside-down face passes every per-frame detector above.
 
 Thresholds have hysteresis: to *enter* tracking a frame must pass stricter limits
 (``enter_scale``) than to *stay*, and must do so ``frames_to_track`` times in a row.
@@ -40,6 +43,7 @@ class ConfidenceConfig:
     holdout_min_ratio: float = 0.8  # holdout fitness / fit fitness
     holdout_rmse_ratio: float = 1.5
     max_see_through: float = 0.05  # share of rays through the model that see behind it
+    ambiguity_ratio: float = 1.5  # a distinct pose within this cost ratio blocks a lock
     enter_scale: float = 0.8
     frames_to_track: int = 3
     frames_to_lose: int = 15

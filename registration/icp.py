@@ -122,6 +122,27 @@ def point_to_plane(
     return IcpResult(T, info, c.copy(), sigma, n_corr, it, converged)
 
 
+def surface_distance(model: SurfaceModel, P: F64) -> F64:
+    """Point-to-plane distance (mm) of model-frame points to their nearest vertex's
+    tangent plane; inf off the model's band."""
+    idx = model.lookup(P)
+    ok = idx >= 0
+    d = np.full(len(P), np.inf)
+    j = idx[ok]
+    d[ok] = np.abs(np.einsum("ij,ij->i", P[ok], model.normals[j]) - model.plane_offsets[j])
+    # Guard against a far vertex whose plane happens to pass near the point.
+    far = np.linalg.norm(P[ok] - model.vertices[j], axis=1) > 3.0 * model.grid_mm + d[ok]
+    d[np.flatnonzero(ok)[far]] = np.inf
+    return d
+
+
+def truncated_cost(model: SurfaceModel, T_model_sensor: F64, points_sensor: F64, trunc_mm: float) -> float:
+    """Mean squared surface distance of sensor points at a pose, each capped at
+    ``trunc_mm``: the score that compares distinct poses (clutter costs the same in all)."""
+    d = np.minimum(surface_distance(model, transform_points(T_model_sensor, points_sensor)), trunc_mm)
+    return float(np.mean(d**2))
+
+
 def covariance_about_origin(info: F64, pivot: F64, sigma_mm: float) -> F64:
     """Pose covariance for increments about the model origin from the information matrix
     about ``pivot``: v_origin = v_pivot + [c]x omega."""

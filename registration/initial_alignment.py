@@ -5,8 +5,11 @@ point-to-plane ICP and keeps the one with the lowest truncated residual; a secon
 clearly different pose that fits almost as well makes the result ``degraded``
 (ambiguous, typically a near-symmetric face seen from little overlap).
 
-Hypotheses come from two independent sources:
-* FPFH features with Open3D RANSAC (three seeds) and FGR, for dense depth;
+Dense scans are first thinned to 2 mm, stripped of support planes (table, wall:
+registration/clutter.py) and cropped to a head-sized ball. Hypotheses come from two
+independent sources:
+* FPFH features with Open3D RANSAC (FGR optional: on the real HoloLens scans neither it
+  nor more RANSAC seeds ever produced the winning hypothesis, and they cost 0.5 s);
 * an anchor sweep that works for sparse pointer data too: the points' mean normal is
   mapped onto the normal of each of a few hundred model surface anchors, spun about it
   in 15 degree steps, and all ~20k poses are scored at once against the model's
@@ -25,7 +28,14 @@ import numpy as np
 from registration.clutter import drop_support_planes
 from registration.estimate import Estimate, Status, lost
 from registration.frames import F64, invert, skew, transform_points
-from registration.icp import IcpResult, covariance_about_origin, normalised_condition, point_to_plane
+from registration.icp import (
+    IcpResult,
+    covariance_about_origin,
+    normalised_condition,
+    point_to_plane,
+    surface_distance,
+    truncated_cost,
+)
 from registration.model import ANCHOR_SPACING_MM, FEATURE_VOXEL_MM, SurfaceModel
 from registration.thinning import first_per_voxel
 
@@ -222,7 +232,7 @@ def _sweep_hypotheses(model: SurfaceModel, pts: F64, cfg: AlignmentConfig, rng: 
         T[:3, 3] = t_all[i] - R_all[i] @ c
         res = point_to_plane(model, short, T, max_corr_mm=15.0, min_corr_mm=5.0, iterations=5,
                              min_points=8)  # fmt: skip
-        refined.append((_trunc_cost(model, res.T_model_sensor, short, cfg.trunc_mm), res.T_model_sensor))
+        refined.append((truncated_cost(model, res.T_model_sensor, short, cfg.trunc_mm), res.T_model_sensor))
     refined.sort(key=lambda r: r[0])
     picked: list[F64] = []
     for _, T in refined:
@@ -295,7 +305,7 @@ def _verify(
     for T in hyps:  # cheap refinement of every hypothesis ...
         res = point_to_plane(model, quick, T, max_corr_mm=15.0, min_corr_mm=cfg.inlier_mm,
                              iterations=15, min_points=12)  # fmt: skip
-        scored.append((_trunc_cost(model, res.T_model_sensor, quick, cfg.trunc_mm), res.T_model_sensor))
+        scored.append((truncated_cost(model, res.T_model_sensor, quick, cfg.trunc_mm), res.T_model_sensor))
     if not scored:
         return lost(_ms(t0), "no pose hypotheses")
     scored.sort(key=lambda s: s[0])
@@ -315,7 +325,7 @@ def _verify(
             min_points=12,
         )
 
-        finals.append((_trunc_cost(model, res.T_model_sensor, sample, cfg.trunc_mm), res))
+        finals.append((truncated_cost(model, res.T_model_sensor, sample, cfg.trunc_mm), res))
     finals.sort(key=lambda s: s[0])
     best_cost, best = finals[0]
     rival = next(
@@ -337,7 +347,7 @@ def _estimate(
 ) -> Estimate:
     T_ms = best.T_model_sensor
     P = transform_points(T_ms, sample)
-    dist = _surface_distance(model, P)
+    dist = surface_distance(model, P)
     inl = dist < cfg.inlier_mm
     fitness = float(inl.mean())
     rmse = float(np.sqrt(np.mean(dist[inl] ** 2))) if inl.any() else float("inf")
@@ -359,24 +369,6 @@ def _estimate(
     log.info("initial alignment %s fitness %.2f rmse %.2f mm %s", status, fitness, rmse, reasons)
     return Estimate(invert(T_ms), status, fitness, rmse, int(inl.sum()), _ms(t0), cov,
                     tuple(reasons), condition=cond)  # fmt: skip
-
-
-def _trunc_cost(model: SurfaceModel, T_ms: F64, pts: F64, trunc: float) -> float:
-    d = np.minimum(_surface_distance(model, transform_points(T_ms, pts)), trunc)
-    return float(np.mean(d**2))
-
-
-def _surface_distance(model: SurfaceModel, P: F64) -> F64:
-    """Point-to-plane distance to the nearest vertex's tangent plane (inf off the band)."""
-    idx = model.lookup(P)
-    ok = idx >= 0
-    d = np.full(len(P), np.inf)
-    j = idx[ok]
-    d[ok] = np.abs(np.einsum("ij,ij->i", P[ok], model.normals[j]) - model.plane_offsets[j])
-    # Guard against a far vertex whose plane happens to pass near the point.
-    far = np.linalg.norm(P[ok] - model.vertices[j], axis=1) > 3.0 * model.grid_mm + d[ok]
-    d[np.flatnonzero(ok)[far]] = np.inf
-    return d
 
 
 # ---------------------------------------------------------------- helpers

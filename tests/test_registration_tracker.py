@@ -8,6 +8,7 @@ from registration_fixtures import (
     DEEP_TARGET,
     about,
     head_frames,
+    head_mesh,
     head_model,
     perturbation,
     plane_mesh,
@@ -193,3 +194,54 @@ def test_bad_timestamp_is_lost_not_an_exception() -> None:
     tracker = Tracker(head_model(), frames[0].T_sensor_model)
     est = tracker.update(frames[0].depth, "not a time")  # type: ignore[arg-type]
     assert est.status is Status.LOST
+
+
+def test_frames_of_only_drapes_and_hands_are_never_tracking() -> None:
+    """The model's pixels blanked: what is left (hands, instrument, drape, table) must not
+    be taken for the patient, even from the right start."""
+    model = head_model()
+    frames = head_frames()
+    tracker = Tracker(model, frames[0].T_sensor_model)
+    for f in frames[:12]:
+        depth = f.depth.depth.copy()
+        depth[f.model_mask] = 0
+        blank = DepthFrame(depth, f.depth.intrinsics, f.depth.depth_unit_mm)
+        assert np.count_nonzero(depth) > 1000  # the occluders are really there
+        est = tracker.update(blank, f.timestamp_ns)
+        assert est.status is not Status.TRACKING, est.reasons
+
+
+def test_a_different_head_is_never_tracked_as_this_one() -> None:
+    """Frames of another head (8 % narrower, 10 % deeper) against this head's model,
+    started where its face would be: no frame may be reported as tracking while the
+    target is more than 3 mm off."""
+    V, F = head_mesh()
+    c = V.mean(axis=0)
+    other = SurfaceModel.from_mesh(c + (V - c) * np.array([0.92, 1.10, 1.0]), F)
+    sim = HeadsetSimulator(other, seed=5)
+    model = head_model()
+    tracker = Tracker(model, sim.pose(0.0))
+    for f in sim.frames(20):
+        est = tracker.update(f.depth, f.timestamp_ns)
+        if est.status is Status.TRACKING:
+            assert target_error_mm(est.T_sensor_model, f.T_sensor_model) <= 3.0, est
+
+
+def test_upside_down_face_is_not_locked_and_the_right_pose_is_found() -> None:
+    """Started with the head turned 180 degrees about its A-P axis (a face upside down),
+    ICP settles on a fit that passes every per-frame detector (fitness ~0.88, RMSE
+    ~1.2 mm); the check before a lock finds the upright pose fits better, so no
+    upside-down frame is reported as tracking and the tracker locks on the right pose."""
+    V, F = head_mesh(224)
+    model = SurfaceModel.from_mesh(V, F, targets={"lesion": DEEP_TARGET})
+    sim = HeadsetSimulator(model, noise=NoiseModel(sigma_mm=1.0), seed=7)
+    frames = list(sim.frames(30))
+    tracker = Tracker(model, frames[0].T_sensor_model @ about(perturbation(180.0, 20.0, 3), model.centroid))
+    statuses = []
+    for f in frames:
+        est = tracker.update(f.depth, f.timestamp_ns)
+        statuses.append(est.status)
+        if est.status is Status.TRACKING:
+            assert target_error_mm(est.T_sensor_model, f.T_sensor_model) <= 3.0, est
+    assert statuses[-1] is Status.TRACKING, statuses
+    assert target_error_mm(est.T_sensor_model, frames[-1].T_sensor_model) < 0.5
