@@ -119,9 +119,8 @@ def _run(quality: str, clicks: int, rng: np.random.Generator) -> list[float]:
         with chromium_page() as page:
             page.goto(info["url"])
             page.wait_for_function("window.mentor && mentor.conn === 'connected' && mentor.frames > 10")
-            if quality == "none":
-                page.select_option("#quality", "none")
-                page.wait_for_function("mentor.participants.some(p => p.quality === 'none')")
+            page.select_option("#quality", quality)  # a fixed level: the page's automatic choice is off
+            page.wait_for_function(f"mentor.participants.some(p => p.quality === '{quality}')")
             _arm(page)
             for i in range(clicks):
                 u, v = _on_sphere(scene, rng)

@@ -110,9 +110,8 @@ def _session(page: Any, served: Any, quality: str, seconds: float) -> list[float
     page.goto("about:blank")
     page.goto(served.server.url_for(SESSION, served.token(name=f"bench-{quality}")))
     page.wait_for_function("window.mentor && mentor.conn === 'connected' && mentor.frames > 30")
-    if quality != "high":
-        page.select_option("#quality", quality)
-        page.wait_for_function(f"mentor.participants.some(p => p.quality === '{quality}')")
+    page.select_option("#quality", quality)  # a fixed level: the page's automatic choice is off
+    page.wait_for_function(f"mentor.participants.some(p => p.quality === '{quality}')")
         page.wait_for_function("document.getElementById('video').videoWidth === 320", timeout=10_000)
     before = page.evaluate(STATS)
     delays: list[float] = page.evaluate(READER, [BITS, BLOCK, MASK, seconds])

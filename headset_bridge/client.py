@@ -52,6 +52,7 @@ class ClientConfig:
     max_pose_age_s: float = 0.25  # capture-to-now on the server clock
     request_timeout_s: float = 1.0
     uplink_queue: int = 4
+    audio_queue: int = 50  # microphone chunks (~1 s at 20 ms): small, sent before sensor frames
     uplink_hwm: int = 4
     model_credit: int = 4  # model chunks in flight
 
@@ -180,6 +181,7 @@ class HeadsetClient:
         self._seq = 0
         self._ctl_out: deque[list[P.Buffer]] = deque(maxlen=64)
         self._uplink: deque[list[P.Buffer]] = deque(maxlen=config.uplink_queue)
+        self._audio_out: deque[list[P.Buffer]] = deque(maxlen=config.audio_queue)
         self._sync_sent: float | None = None
         self._fetch: _ModelFetch | None = None
         self._next_hb = 0.0
@@ -321,6 +323,19 @@ class HeadsetClient:
         }
         return self._enqueue_uplink("video", header, bytes(data))
 
+    def send_audio(self, pcm: bytes, sample_rate: int, channels: int = 1) -> int:
+        """Microphone PCM (s16le, interleaved) for the mentors; returns its seq. Chunks of
+        10-40 ms keep the delay low; at most ``audio_queue`` wait, the oldest dropped."""
+        seq = self._next_seq()
+        header = {"seq": seq, "t_ns": time.monotonic_ns(), "sample_rate": int(sample_rate), "channels": int(channels)}
+        frames = P.encode("audio", {**header, "format": "s16le", "speaker": ""}, bytes(pcm))
+        P.decode(frames, allowed=P.UPLINK_TYPES)  # refuse here what the server would drop
+        if len(self._audio_out) == self._audio_out.maxlen:
+            self.counters.add("uplink_dropped:audio")
+        self._audio_out.append(frames)
+        self._flush()
+        return seq
+
     def send_headset_pose(self, T_world_head: Mat4, t_capture_ns: int | None = None) -> None:
         T = as_transform(T_world_head, "T_world_head")
         self._enqueue_uplink("headset_pose", {"t_capture_ns": t_capture_ns or time.monotonic_ns()}, P.pack_mat4(T))
@@ -351,8 +366,8 @@ class HeadsetClient:
         self._flush()
 
     def _flush(self) -> None:
-        # Control first: a heartbeat must not wait behind depth frames.
-        for queue in (self._ctl_out, self._uplink):
+        # Control first: a heartbeat must not wait behind depth frames; voice next.
+        for queue in (self._ctl_out, self._audio_out, self._uplink):
             while queue:
                 try:
                     self._dealer.send_multipart(queue[0], flags=zmq.NOBLOCK)

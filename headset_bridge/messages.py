@@ -271,6 +271,19 @@ class VideoFrame:
 
 
 @dataclass(frozen=True)
+class AudioChunk:
+    """Headset microphone PCM (s16le, interleaved) as it arrived; ``t_received_ns`` is the
+    server's monotonic clock."""
+
+    headset: str
+    seq: int
+    t_received_ns: int
+    sample_rate: int
+    channels: int
+    pcm: bytes
+
+
+@dataclass(frozen=True)
 class HeadsetPoseSample:
     headset: str
     seq: int

@@ -81,14 +81,15 @@ SCHEMAS: Final[dict[str, dict[str, str]]] = {
     },
     "video": {"t_capture_ns": INT, "width": INT, "height": INT, "encoding": STR},
     "headset_pose": {"t_capture_ns": INT},
-    # server -> headset, PUB: mentor voice for the surgeon (PCM s16le)
+    # both ways, PCM s16le: mentor voice to the surgeon (PUB), headset microphone to the
+    # mentors (DEALER; the server names the speaker from the headset's key, not the header)
     "audio": {"sample_rate": INT, "channels": INT, "format": STR, "speaker": STR},
 }
 
 SERVER_TOPICS: Final = frozenset({"pose", "ann", "audio"})
 MAX_AUDIO_BYTES: Final = 64 * 1024
 REPLY_TYPES: Final = frozenset({"snapshot", "ann_batch", "time_rep", "model_chunk", "error"})
-UPLINK_TYPES: Final = frozenset({"sync", "hb", "time_req", "model_get", "depth", "video", "headset_pose"})
+UPLINK_TYPES: Final = frozenset({"sync", "hb", "time_req", "model_get", "depth", "video", "headset_pose", "audio"})
 
 
 class ProtocolError(ValueError):

@@ -6,7 +6,7 @@ Two CURVE sockets (see docs/headset-protocol.md):
   repeat) and ``ann`` (annotation ops). PUB never blocks: a slow headset only
   loses its own old messages, and it recovers annotations by sequence number.
 * ROUTER (``ctl``, default 5571): headset requests (sync, time, model chunks),
-  heartbeats and uplink (depth, video, headset pose).
+  heartbeats and uplink (depth, video, headset pose, microphone audio).
 
 ``publish_pose`` runs on the caller's (registration loop's) thread and costs
 one non-blocking send. One I/O thread serves the ROUTER, the keepalive and the
@@ -37,6 +37,7 @@ from headset_bridge.messages import (
     Annotation,
     AnnotationOp,
     AnnotationOpName,
+    AudioChunk,
     Counters,
     DepthFrame,
     HeadsetPoseSample,
@@ -48,7 +49,7 @@ from headset_bridge.transport import DEFAULT_CTL_PORT, DEFAULT_PUB_PORT, bind, s
 
 log = logging.getLogger(__name__)
 
-UplinkItem = DepthFrame | VideoFrame | HeadsetPoseSample
+UplinkItem = DepthFrame | VideoFrame | HeadsetPoseSample | AudioChunk
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,7 @@ class ServerConfig:
     dead_after_s: float = 0.5  # no message from a headset for this long: dead
     max_message_bytes: int = 8 * 1024 * 1024  # per uplink message; bigger is counted and dropped
     queue_len: int = 4  # per headset and uplink kind; oldest dropped
+    audio_queue_len: int = 50  # microphone chunks per headset (~1 s at 20 ms)
     pub_hwm: int = 64
     ctl_hwm: int = 64
     chunk_size: int = 256 * 1024
@@ -280,7 +282,7 @@ class BridgeServer:
             return {n: replace(h, received=dict(h.received)) for n, h in self._headsets.items()}
 
     def take(self, kind: str, headset: str) -> list[UplinkItem]:
-        """Pop everything queued of ``kind`` (depth, video, headset_pose) from one headset."""
+        """Pop everything queued of ``kind`` (depth, video, headset_pose, audio) from one headset."""
         with self._cond:
             q = self._uplink.get((headset, kind))
             items = list(q) if q else []
@@ -468,7 +470,8 @@ class BridgeServer:
         item = self._uplink_item(info, msg, t_received_ns)
         key = (info.name, msg.topic)
         with self._cond:
-            q = self._uplink.setdefault(key, deque(maxlen=self.config.queue_len))
+            size = self.config.audio_queue_len if msg.topic == "audio" else self.config.queue_len
+            q = self._uplink.setdefault(key, deque(maxlen=size))
             if len(q) == q.maxlen:
                 self.counters.add(f"uplink_dropped:{msg.topic}")  # deque drops the oldest
             q.append(item)
@@ -478,6 +481,9 @@ class BridgeServer:
 
     def _uplink_item(self, info: HeadsetInfo, msg: P.Message, t_received_ns: int) -> UplinkItem:
         h, name = msg.header, info.name
+        if msg.topic == "audio":
+            pcm = bytes(msg.payload)
+            return AudioChunk(name, h["seq"], t_received_ns, h["sample_rate"], h["channels"], pcm)
         t_server = h["t_capture_ns"] + info.offset_ns if info.rtt_ns >= 0 else None
         if msg.topic == "depth":
             depth = np.frombuffer(msg.payload, dtype="<u2").reshape(h["height"], h["width"])

@@ -1,9 +1,11 @@
-"""The event-loop side of one room: its peers (aiortc), its video relay, its broadcasts.
+"""The event-loop side of one room: its peers (aiortc), its video and audio relays, its
+broadcasts.
 
 Everything here runs on the mentor server's loop. A peer is one browser (or other WebRTC
-client) with a validated token: it receives the room's video at its quality level, may
-send its microphone (mentors only: it goes to the surgeon), and talks JSON over one
-ordered, reliable data channel ("mentor").
+client) with a validated token: it receives the room's video at its quality level and
+the headset's microphone (when the offer has an audio m-line), may send its own
+microphone (mentors only: it goes to the surgeon), and talks JSON over one ordered,
+reliable data channel ("mentor").
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import av
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
+from mentor.audio import AudioRelay, ListenerTrack
 from mentor.config import MentorConfig
 from mentor.frameclock import FrameClock
 from mentor.room import Ack, MentorRoom, Participant
@@ -51,10 +54,12 @@ class Peer:
         self.channel: Any = None
         self.sender: Any = None
         self.track: ViewerTrack | None = None
+        self.listener: ListenerTrack | None = None
         self.clock = FrameClock()
         self.tasks: set[asyncio.Task[None]] = set()
         self.closed = False
         self.last_ping: float | None = None  # monotonic s; None until the peer's first ping
+        self.dropping = False  # removal scheduled (silent or token expired)
         self._last_marks = ""
         self.pc.on("datachannel", self._on_datachannel)
         self.pc.on("track", self._on_track)
@@ -74,6 +79,9 @@ class Peer:
             self.track = self.hub.relay.subscribe(self.quality)
             self.sender = self.pc.addTrack(self.track)
             route_keyframe_requests(self.sender, self._keyframe)
+        if any(t.kind == "audio" for t in self.pc.getTransceivers()):
+            self.listener = self.hub.audio.subscribe()  # the theatre's voice, if a headset sends it
+            self.pc.addTrack(self.listener)
         await self.pc.setLocalDescription(await self.pc.createAnswer())
         self.participant = self.hub.room.join(self.claims, self.quality)
         desc = self.pc.localDescription
@@ -184,8 +192,9 @@ class Peer:
 
     async def close(self) -> None:
         self.closed = True
-        if self.track is not None:
-            self.track.stop()
+        for track in (self.track, self.listener):
+            if track is not None:
+                track.stop()
         for task in list(self.tasks):
             if task is not asyncio.current_task():
                 task.cancel()
@@ -204,6 +213,7 @@ class RoomHub:
         self.config = config
         self.loop = loop
         self.relay = VideoRelay()
+        self.audio = AudioRelay()
         self.peers: set[Peer] = set()
         self._ticker: asyncio.Task[None] | None = None
         self._audit_writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"audit-{room.session}")
@@ -217,10 +227,15 @@ class RoomHub:
         def listener(rgb: Any, t_ns: int) -> None:
             loop.call_soon_threadsafe(self.relay.offer, rgb, t_ns)
 
+        def audio(pcm: bytes, sample_rate: int, channels: int) -> None:
+            loop.call_soon_threadsafe(self.audio.offer, pcm, sample_rate, channels)
+
         self.room.video_listener = listener
+        self.room.audio_listener = audio
 
     async def stop(self) -> None:
         self.room.video_listener = None
+        self.room.audio_listener = None
         for peer in list(self.peers):
             await self.remove(peer, "server stopping")
         if self._ticker is not None:
@@ -258,13 +273,24 @@ class RoomHub:
         people = [p.participant.to_json() | {"quality": p.quality} for p in self.peers if p.participant is not None]
         self.broadcast({"type": "participants", "list": people})
 
-    def _drop_silent(self) -> None:
-        now = time.monotonic()
+    def _drop_stale_peers(self) -> None:
+        """Drop peers that pinged and then went silent (a killed browser says no goodbye)
+        and peers whose token has expired (a link is valid for its lifetime, not for
+        ever once connected); each is scheduled for removal once."""
+        now, wall = time.monotonic(), time.time()
         for peer in list(self.peers):
-            if peer.last_ping is not None and now - peer.last_ping > self.config.peer_silence_s:
-                log.info("mentor peer %s silent for %.1f s: dropped", peer.claims.name, now - peer.last_ping)
-                peer.last_ping = None  # scheduled once
-                peer._spawn(self.remove(peer, "silent"))
+            if peer.closed or peer.dropping:
+                continue
+            if peer.claims.expires_at <= wall:
+                reason = "token expired"
+                peer.send({"type": "error", "error": "token expired: ask for a new link"})
+            elif peer.last_ping is not None and now - peer.last_ping > self.config.peer_silence_s:
+                reason = "silent"
+            else:
+                continue
+            log.info("mentor peer %s dropped: %s", peer.claims.name, reason)
+            peer.dropping = True
+            peer._spawn(self.remove(peer, reason))
 
     def marks_json(self) -> str:
         return json.dumps(self.room.marks_view(), separators=(",", ":"))
@@ -281,7 +307,7 @@ class RoomHub:
         while True:
             await asyncio.sleep(period)
             try:
-                self._drop_silent()
+                self._drop_stale_peers()
                 self.broadcast(self.room.status_view())  # pages re-project marks with its P_image_model
             except Exception:  # a broadcast error must not stop the ticker
                 log.exception("mentor status tick failed")

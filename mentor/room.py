@@ -135,6 +135,7 @@ class MentorRoom:
         self.marks: dict[str, Mark] = {}
         self.counters: dict[str, int] = {}
         self.video_listener: Callable[[npt.NDArray[np.uint8], int], None] | None = None
+        self.audio_listener: Callable[[bytes, int, int], None] | None = None
         self._max_gap_ns = int(max_pose_gap_ms * 1e6)
         self._history_ns = int(pose_history_s * 1e9)
         self._lock = threading.Lock()  # poses and frame times: written from other threads
@@ -154,6 +155,18 @@ class MentorRoom:
         listener = self.video_listener
         if listener is not None:
             listener(rgb, t_capture_ns)
+
+    def push_audio(self, pcm: bytes, sample_rate: int, channels: int = 1, speaker: str = "") -> None:
+        """Headset microphone PCM (s16le, interleaved) for the mentors; any thread.
+        ``speaker`` is the headset's name (for logs; the page says "theatre")."""
+        if channels not in (1, 2) or len(pcm) % (2 * channels) or not 8000 <= sample_rate <= 48000:
+            msg = (
+                f"audio must be s16 PCM, 1-2 channels, 8-48 kHz, got {len(pcm)} bytes, {channels} ch, {sample_rate} Hz"
+            )
+            raise ValueError(msg)
+        listener = self.audio_listener
+        if listener is not None:
+            listener(pcm, sample_rate, channels)
 
     def push_pose(self, t_capture_ns: int, pose: FramePose) -> None:
         """The camera and model poses at a capture time (same clock as the video); any thread."""

@@ -31,7 +31,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
+from headset_bridge.messages import AudioChunk
 from headset_bridge.messages import DepthFrame as UplinkDepth
+from headset_bridge.messages import VideoFrame as UplinkVideo
 from scrubin.audit import AuditLog
 from scrubin.config import RegistrationSettings, SessionSettings
 
@@ -214,7 +216,7 @@ class TheatreSession:
         log.info("session %s: pub %s ctl %s", self.name, self.bridge.pub_endpoint, self.bridge.ctl_endpoint)
         self._spawn(self._registration_main, "registration")
         if self.settings.video:
-            self._spawn(self._video_main, "video")
+            self._spawn(self._media_main, "media")
         return self
 
     def stop(self) -> None:
@@ -550,22 +552,25 @@ class TheatreSession:
         self.audit.append(*SYSTEM_ACTOR, "registration initialised", method=how, frame=frame.seq, first=first)
         return Tracker(self.model, start)
 
-    # -- video -----------------------------------------------------------------
-    def _video_main(self) -> None:
+    # -- video and headset audio to the mentors --------------------------------------
+    def _media_main(self) -> None:
         while not self._stop.is_set():
             try:
-                self._video_step()
+                self._media_step()
             except Exception:
-                log.exception("session %s: video relay step failed", self.name)
+                log.exception("session %s: media relay step failed", self.name)
 
-    def _video_step(self) -> None:
-        if not self.bridge.wait_for(lambda: self._stop.is_set() or self._video_waiting(), 0.25):
+    def _media_step(self) -> None:
+        if not self.bridge.wait_for(lambda: self._stop.is_set() or self._media_waiting(), 0.25):
             return
         for name in list(self._seen_headsets):
-            items = self.bridge.take("video", name)
-            if not items:
+            for chunk in self.bridge.take("audio", name):  # every chunk, in order: voice has no "newest"
+                if self._mentor is not None and isinstance(chunk, AudioChunk):
+                    self._mentor.push_audio(chunk.pcm, chunk.sample_rate, chunk.channels, speaker=name)
+            frames = [f for f in self.bridge.take("video", name) if isinstance(f, UplinkVideo)]
+            if not frames:
                 continue
-            frame = items[-1]  # newest wins for live video too
+            frame = frames[-1]  # newest wins for live video too
             rgb = _decode_video(frame)
             if rgb is None:
                 self.bridge.counters.add("video_undecodable")
@@ -576,12 +581,12 @@ class TheatreSession:
             if self._mentor is not None:
                 self._mentor.push_video(rgb, t)
 
-    def _video_waiting(self) -> bool:
+    def _media_waiting(self) -> bool:
         for name, info in self.bridge.headsets().items():
             if name not in self._seen_headsets:
                 self._seen_headsets.add(name)
                 self.audit.append(name, "headset", "headset connected")
-            if info.alive and self.bridge.pending("video", name) > 0:
+            if info.alive and (self.bridge.pending("video", name) > 0 or self.bridge.pending("audio", name) > 0):
                 return True
         return False
 

@@ -268,25 +268,28 @@ class HeadsetPoller:
 
 # -- a Python WebRTC viewer (aiortc), for tests that do not need a browser ------------------
 class PyViewer:
-    """A mentor page stand-in: video receive, data channel, optional audio send."""
+    """A mentor page stand-in: video receive, data channel, optional audio send and receive."""
 
     def __init__(self, base_url: str, session: str, token: str, quality: str = "high") -> None:
         self.base_url, self.session, self.token, self.quality = base_url, session, token, quality
         self.messages: list[dict[str, Any]] = []
         self.frames = 0
+        self.audio: list[Any] = []  # av.AudioFrame from the theatre (headset microphone)
         self.pc: Any = None
         self.channel: Any = None
         self.opened = asyncio.Event()
         self.answer: dict[str, Any] = {}
         self._tasks: list[asyncio.Task[None]] = []
 
-    async def connect(self, audio_track: Any = None, decode: bool = True) -> None:
+    async def connect(self, audio_track: Any = None, decode: bool = True, listen: bool = False) -> None:
         from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.pc.addTransceiver("video", direction="recvonly")  # also in annotation-only mode: switchable
         if audio_track is not None:
             self.pc.addTrack(audio_track)
+        elif listen:
+            self.pc.addTransceiver("audio", direction="recvonly")
         self.channel = self.pc.createDataChannel("mentor", ordered=True)
         self.channel.on("open", self.opened.set)
         self.channel.on("message", lambda m: self.messages.append(json.loads(m)))
@@ -308,8 +311,11 @@ class PyViewer:
 
         with contextlib.suppress(MediaStreamError, asyncio.CancelledError):
             while True:
-                await track.recv()
-                self.frames += 1
+                frame = await track.recv()
+                if track.kind == "audio":
+                    self.audio.append(frame)
+                else:
+                    self.frames += 1
 
     def send(self, payload: dict[str, Any]) -> None:
         self.channel.send(json.dumps(payload))

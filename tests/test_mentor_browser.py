@@ -219,3 +219,60 @@ def test_leaving_is_audited(page: Any, setup: tuple[Served, Bridge, HeadsetPolle
         served.audit_path, lambda ev: any(e.action == "leave" and e.actor == "leaver" for e in ev), 10
     )
     assert any(e.action == "leave" and e.actor == "leaver" for e in events)
+
+
+def test_auto_quality_drops_on_a_weak_link_with_hysteresis_and_a_manual_choice_turns_it_off(
+    page: Any, setup: tuple[Served, Bridge, HeadsetPoller]
+) -> None:
+    served, _, _ = setup
+    _open(page, served, served.token("mentor", "dr-auto"))
+    me = "mentor.participants.find(p => p.id === mentor.participant)"  # the server's view of this page
+    # Auto is the default, and the offer asked for a real level: the server has us on high.
+    assert page.input_value("#quality") == "auto"
+    page.wait_for_function(f"{me} && {me}.quality === 'high'")
+    assert page.evaluate("[mentor.autoQuality, mentor.quality]") == [True, "high"]
+
+    def feed(grades: list[str]) -> list[str]:
+        """Made-up link grades, all in one synchronous evaluate: the page's own once-a-second
+        grading cannot interleave. Each sequence starts with a grade that clears the runs it tests."""
+        got: list[str] = page.evaluate(
+            "(gs) => gs.map((g) => { mentor.autoQualityStep(g); return mentor.quality; })", grades
+        )
+        return got
+
+    # Two poor seconds then a good one: no switch; 5 fair/poor in a row (never 3 poor): low.
+    weak = feed(["good", "poor", "poor", "good", "fair", "poor", "fair", "poor", "fair"])
+    assert weak == ["high"] * 8 + ["low"], weak
+    page.wait_for_function(f"{me}.quality === 'low'")  # the server switched this viewer's encoder
+    assert page.input_value("#quality") == "auto"
+    assert page.text_content("#quality option[value=auto]") == "Auto: low now (weak link)"
+    # Back up only after 10 good seconds in a row: 9 and then a poor one do not count.
+    back = feed(["poor", *["good"] * 9, "poor", *["good"] * 10])
+    assert back == ["low"] * 20 + ["high"], back
+    page.wait_for_function(f"{me}.quality === 'high'")
+    assert page.text_content("#quality option[value=auto]") == "Auto (high, low on a weak link)"
+    assert feed(["good", "poor", "poor", "poor"]) == ["high", "high", "high", "low"]  # 3 poor: low
+    assert feed(["poor"] * 30) == ["low"] * 30  # never down into annotation-only by itself
+
+    # A manual choice turns auto off: high stays high however weak the link.
+    page.select_option("#quality", "high")
+    assert page.evaluate("[mentor.autoQuality, mentor.quality]") == [False, "high"]
+    page.wait_for_function(f"{me}.quality === 'high'")
+    assert feed(["poor"] * 6) == ["high"] * 6
+    page.select_option("#quality", "low")  # ... and low stays low however good
+    assert feed(["good"] * 12) == ["low"] * 12
+    page.select_option("#quality", "none")
+    page.wait_for_function(f"{me}.quality === 'none'")
+    assert feed(["good"] * 12 + ["poor"] * 6) == ["none"] * 18
+    # Auto again: from annotation-only back to high, then the weak-link rule applies again.
+    page.select_option("#quality", "auto")
+    assert page.evaluate("[mentor.autoQuality, mentor.quality]") == [True, "high"]
+    page.wait_for_function(f"{me}.quality === 'high'")
+    assert page.is_hidden("#novideo")
+    assert feed(["good", "poor", "poor", "poor"]) == ["high", "high", "high", "low"]
+    page.wait_for_function(f"{me}.quality === 'low'")
+    log = page.evaluate("mentor.qualityLog.map((e) => [e.level, e.auto])")
+    assert log == [
+        ["low", True], ["high", True], ["low", True], ["high", False], ["low", False],
+        ["none", False], ["high", True], ["low", True],
+    ], log  # fmt: skip

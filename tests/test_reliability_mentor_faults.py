@@ -218,3 +218,25 @@ def test_seeded_phi_reaches_no_http_response_and_no_data_channel_message(tmp_pat
     assert {"hello", "participants", "marks", "ack", "status", "pong"} <= kinds  # every kind was captured
     assert _leaks(needles, {"input": (dicom / "IM0000.dcm").read_bytes()})  # the search does find PHI
     assert _leaks(needles, blobs) == []
+
+
+def test_a_peer_is_dropped_when_its_token_expires(served: Served) -> None:
+    """A link is valid for its lifetime, not for ever once connected: at expiry the page
+    is told why, its peer connection is closed and the leave is audited."""
+
+    async def run() -> tuple[str, list[dict[str, object]], str]:
+        viewer = PyViewer(served.url, SESSION, served.token(name="dr-brief", ttl_s=2.0), quality="none")
+        await viewer.connect()
+        pid = str(viewer.answer["participant"])
+        closed = await viewer.wait_for(lambda: viewer.pc.connectionState == "closed", 15.0)
+        state = viewer.pc.connectionState
+        await viewer.close()
+        assert closed, state
+        return pid, viewer.of_type("error"), state
+
+    pid, errors, _ = asyncio.run(run())
+    assert [e["error"] for e in errors] == ["token expired: ask for a new link"]
+    assert served.server.call(lambda: pid not in served.room.participants)
+    events = audit_events(served.audit_path, lambda ev: any(e.action == "leave" for e in ev))
+    leave = [(e.actor, e.detail["participant"], e.detail["reason"]) for e in events if e.action == "leave"]
+    assert leave == [("dr-brief", pid, "token expired")]

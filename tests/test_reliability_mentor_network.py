@@ -30,9 +30,9 @@ pytestmark = [
 ]
 
 
-def _run(drop_percent: int) -> dict[str, Any]:
+def _run(drop_percent: int, *mode: str) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": str(REPO), "PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD": "1"}
-    cmd = ["unshare", "-n", sys.executable, str(CHILD), "--drop", str(drop_percent)]
+    cmd = ["unshare", "-n", sys.executable, str(CHILD), "--drop", str(drop_percent), *mode]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=150, env=env, cwd=REPO)
     assert result.returncode == 0, result.stderr[-3000:]
     report: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
@@ -48,3 +48,28 @@ def test_page_shows_a_degraded_link_and_loses_no_mark(drop_percent: int) -> None
     assert r["conn_under_loss"] == "connected", r
     assert len(r["acked_ids"]) == 5, r  # every mark acknowledged (an ack may be heard twice after a re-send)
     assert sorted(r["published_ids"]) == r["acked_ids"], r  # ... and published exactly once
+
+
+# -- automatic video quality: high, low on a weak link (issue: "a lower quality level for weak links")
+@pytest.mark.parametrize("drop_percent", [0, 10, 30])
+def test_auto_quality_goes_low_under_loss_and_stays_high_without(drop_percent: int) -> None:
+    r = _run(drop_percent, "--auto-quality")
+    # Auto is the default; the offer asked the server for a real level, high.
+    assert r["select"] == "auto" and r["before"] == "good", r
+    assert r["levels_before"] == [True, "high", "high"] and r["frame_width_before"] == 640, r
+    assert r["conn"] == "connected", r
+    if drop_percent == 0:  # the control: ten graded seconds on a clean link, still high
+        assert len(r["grades"]) >= 10, r
+        assert r["levels_after"] == [True, "high", "high"] and r["server_levels"] == ["high"], r
+        assert r["quality_log"] == [] and r["frame_width_after"] == 640, r
+        assert r["auto_label"] == "Auto (high, low on a weak link)", r
+        return
+    assert r["dropped_packets"] > 0, r  # the rule really dropped traffic
+    # One automatic switch, to low (never to annotation-only), seen by the server ...
+    assert r["quality_log"] == [["low", True, "weak link"]], r
+    assert r["levels_after"] == [True, "low", "low"] and r["server_levels"] == ["low"], r
+    assert r["frame_width_after"] == 320, r  # ... whose low-level frames reach the page
+    assert r["auto_label"] == "Auto: low now (weak link)", r
+    # Not on the first weak second: 3 poor (or 5 fair/poor) grades, one a second, came first.
+    assert r["switch_after_s"] >= 1.5, r
+    assert len([g for g in r["grades"] if g != "good"]) >= 3, r

@@ -285,3 +285,39 @@ def test_lost_tracking_reinitialises_from_the_last_trusted_pose(tmp_path: Path) 
     actions = list(read_events(audit_path(tmp_path / "state" / "audit", "or-r")))
     methods = [e.detail["method"] for e in actions if e.action == "registration initialised"]
     assert methods == ["seed", "last trusted pose"]
+
+
+def test_headset_microphone_reaches_a_mentor_through_the_service(tmp_path: Path, model_dir: Path) -> None:
+    """The whole path: headset ``send_audio`` -> CURVE uplink -> the session's media relay ->
+    the mentor room -> WebRTC (Opus) -> a listening viewer hears the same 440 Hz tone."""
+    import asyncio
+
+    from mentor_fixtures import PyViewer
+    from test_mentor_voice import _peak_hz, _tone_chunks
+
+    settings = _settings(tmp_path, model_dir, ("or-v",), mentor={"port": 0})
+    _, secret = write_keypair(tmp_path / "state" / "keys" / "or-v" / "headsets", "h1")
+    with Service(settings) as service, _client(service, "or-v", secret) as headset:
+        assert headset.wait_for(lambda: headset.epoch is not None, 5.0)
+        assert service.sessions["or-v"].model_ready.wait(30)  # the room opens with the model
+        url, token = service.mentor_link("or-v", "observer", "obs")
+        assert url is not None
+
+        def microphone() -> None:  # the headset app's audio thread: 20 ms chunks, polled socket
+            for chunk in _tone_chunks(150):
+                headset.send_audio(chunk, 16_000)
+                headset.poll(0.02)  # pacing at the microphone's rate, not synchronisation
+
+        async def listen() -> PyViewer:
+            viewer = PyViewer(url.split("/s/")[0], "or-v", token, quality="none")
+            await viewer.connect(listen=True)
+            loop = asyncio.get_running_loop()
+            mic = loop.run_in_executor(None, microphone)
+            heard = await viewer.wait_for(lambda: len(viewer.audio) >= 60, 15.0)
+            await mic
+            await viewer.close()
+            assert heard, len(viewer.audio)
+            return viewer
+
+        viewer = asyncio.run(listen())
+    assert abs(_peak_hz(viewer.audio[10:]) - 440.0) < 15.0

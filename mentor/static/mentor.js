@@ -88,13 +88,23 @@
     peer.addTransceiver("video", { direction: "recvonly" });
     const mic = await microphone();
     if (mic) mic.getAudioTracks().forEach((t) => peer.addTrack(t, mic));
+    else peer.addTransceiver("audio", { direction: "recvonly" }); // still hear the theatre
     state.voice = Boolean(mic);
     const channel = peer.createDataChannel("mentor", { ordered: true });
-    channel.onopen = () => { state.dcOpen = true; resendAll(); };
+    channel.onopen = () => { // the level may have changed (auto, or the mentor) while connecting
+      state.dcOpen = true;
+      resendAll();
+      channel.send(JSON.stringify({ type: "quality", level: state.quality }));
+    };
     channel.onclose = () => { state.dcOpen = false; };
     channel.onmessage = (ev) => onMessage(JSON.parse(ev.data));
     dc = channel;
     peer.ontrack = (ev) => {
+      if (ev.track.kind === "audio") { // the headset's microphone, when it sends one
+        $("theatre").srcObject = new MediaStream([ev.track]);
+        state.theatreAudio = true;
+        return;
+      }
       if (ev.track.kind !== "video") return;
       // Live guidance: ask for the smallest jitter buffer rather than smooth playback.
       if ("jitterBufferTarget" in ev.receiver) ev.receiver.jitterBufferTarget = 0;
@@ -300,12 +310,48 @@
     draw();
   });
 
-  $("quality").addEventListener("change", (ev) => {
-    state.quality = ev.target.value;
-    $("novideo").hidden = state.quality !== "none";
-    video.hidden = state.quality === "none";
-    if (dc && dc.readyState === "open") dc.send(JSON.stringify({ type: "quality", level: state.quality }));
-  });
+  // -- video quality: automatic (high, low on a weak link) or the mentor's own choice ----
+  // Auto drops high -> low after 3 consecutive "poor" link grades (one a second) or 5
+  // "fair"/"poor" ones, and goes back up only after 10 consecutive "good" ones, so a link near
+  // a threshold does not flap. Auto never picks "none" (annotation-only): that is the mentor's
+  // choice. state.quality is always a real level (high/low/none): the offer and the
+  // {type: "quality", level} messages carry it, the server knows nothing of "auto".
+  const AUTO_DOWN_POOR = 3, AUTO_DOWN_WEAK = 5, AUTO_UP_GOOD = 10;
+  const AUTO_LABEL = "Auto (high, low on a weak link)";
+  Object.assign(state, { autoQuality: true, autoRuns: { poor: 0, weak: 0, good: 0 }, qualityLog: [] });
+  function setQuality(level, why, tell) {
+    const changed = level !== state.quality;
+    state.quality = level;
+    $("novideo").hidden = level !== "none";
+    video.hidden = level === "none";
+    const autoText = state.autoQuality && level !== "high" ? `Auto: ${level} now (${why})` : AUTO_LABEL;
+    $("quality").querySelector("option[value=auto]").textContent = autoText;
+    if (changed) state.qualityLog.push({ at: Date.now(), level, auto: state.autoQuality, why });
+    if ((changed || tell) && dc && dc.readyState === "open") dc.send(JSON.stringify({ type: "quality", level }));
+  }
+  function autoQualityStep(grade) { // one link grade; tests call it with made-up grades
+    const r = state.autoRuns;
+    r.poor = grade === "poor" ? r.poor + 1 : 0;
+    r.weak = grade === "poor" || grade === "fair" ? r.weak + 1 : 0;
+    r.good = grade === "good" ? r.good + 1 : 0;
+    if (!state.autoQuality) return;
+    if (state.quality === "high" && (r.poor >= AUTO_DOWN_POOR || r.weak >= AUTO_DOWN_WEAK)) {
+      setQuality("low", "weak link");
+      notice("Weak link: video switched to low quality (auto).");
+    } else if (state.quality === "low" && r.good >= AUTO_UP_GOOD) {
+      setQuality("high", "steady link");
+      notice("Link steady again: video back to high quality (auto).");
+    }
+  }
+  state.autoQualityStep = autoQualityStep;
+  function chooseQuality(choice) { // the mentor's pick in the select
+    state.autoQuality = choice === "auto";
+    if (!state.autoQuality) setQuality(choice, "chosen", true);
+    // Auto again: from annotation-only back to high; a low level stays until the link is good.
+    else setQuality(state.quality === "none" ? "high" : state.quality, "until the link is good", true);
+  }
+  $("quality").addEventListener("change", (ev) => chooseQuality(ev.target.value));
+  chooseQuality($("quality").value);
 
   // -- messages from the server ---------------------------------------------------------
   function onMessage(m) {
@@ -339,7 +385,7 @@
 
   // -- link quality from getStats -----------------------------------------------------
   async function linkQuality() {
-    if (!pc || pc.connectionState !== "connected") { state.link = "-"; return; }
+    if (!pc || pc.connectionState !== "connected") { state.link = "-"; state.autoRuns.good = 0; return; } // a gap is no steady link
     const stats = await pc.getStats();
     let rtt = null, lost = 0, recv = 0, fps = null;
     stats.forEach((s) => {
@@ -353,6 +399,8 @@
     const grade = loss < 1 && r < 0.15 ? "good" : loss < 5 && r < 0.4 ? "fair" : "poor";
     state.link = `${grade} (rtt ${Math.round(r * 1000)} ms, loss ${loss.toFixed(1)}%${fps !== null && state.quality !== "none" ? `, ${Math.round(fps)} fps` : ""})`;
     state.linkGrade = grade;
+    state.linkGrades = [...(state.linkGrades || []).slice(-119), grade]; // the last two minutes, oldest first
+    autoQualityStep(grade);
   }
   setInterval(() => { linkQuality().catch((e) => state.errors.push(String(e))); }, 1000);
 
