@@ -112,7 +112,8 @@ def _session(page: Any, served: Any, quality: str, seconds: float) -> list[float
     page.wait_for_function("window.mentor && mentor.conn === 'connected' && mentor.frames > 30")
     page.select_option("#quality", quality)  # a fixed level: the page's automatic choice is off
     page.wait_for_function(f"mentor.participants.some(p => p.quality === '{quality}')")
-        page.wait_for_function("document.getElementById('video').videoWidth === 320", timeout=10_000)
+    width = 640 if quality == "high" else 320
+    page.wait_for_function(f"document.getElementById('video').videoWidth === {width}", timeout=10_000)
     before = page.evaluate(STATS)
     delays: list[float] = page.evaluate(READER, [BITS, BLOCK, MASK, seconds])
     after = page.evaluate(STATS)
