@@ -62,7 +62,9 @@ def test_annotations_all_arrive_and_link_shows_degraded(drop_percent: int) -> No
     # window: TCP's backed-off retransmission timeouts under 30 % loss stalled it for over
     # 1.5 s in 2 of 16 runs of the session-2 server and 3 of 14 of the current one.
     assert r["pose_caught_up"], r
-    assert r["statuses"].get("degraded", 0) > 0, r["statuses"]
+    # The headset shows the link is not good: "degraded", or "lost" when one of those
+    # backed-off stalls silences it for over 1 s (seen once under 30 %: good 10, lost 15).
+    assert r["statuses"].get("degraded", 0) + r["statuses"].get("lost", 0) > 0, r["statuses"]
 
 
 def test_control_without_loss_shows_a_good_link() -> None:
