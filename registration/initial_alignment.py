@@ -37,7 +37,8 @@ from registration.icp import (
     truncated_cost,
 )
 from registration.model import ANCHOR_SPACING_MM, FEATURE_VOXEL_MM, SurfaceModel
-from registration.thinning import first_per_voxel
+from registration.thinning import every_kth, first_per_voxel
+from registration.turns import TurnedRival, best_turned_rival
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,8 @@ class AlignmentConfig:
     max_condition: float = 200.0
     min_correspondences: int = 30
     ambiguity_ratio: float = 1.25  # second distinct pose within this cost ratio: ambiguous
+    turn_check_points: int = 1500  # the check against the model turned about patient axes
+    turn_check_iterations: int = 30
     distinct_mm: float = 6.0
     max_fre_mm: float = 3.0
     seed: int = 0
@@ -333,7 +336,18 @@ def _verify(
          if not _same_pose(r.T_model_sensor, best.T_model_sensor, model.centroid, cfg.distinct_mm)),
         float("inf"),
     )  # fmt: skip
-    return _estimate(model, sample, best, best_cost, rival, cfg, t0)
+    # The search may not have found the right pose at all (a few smooth patches of skull
+    # fit anywhere); the model turned about the patient axes is the rival it must beat.
+    turned = best_turned_rival(
+        model,
+        every_kth(sample, cfg.turn_check_points),
+        best.T_model_sensor,
+        distinct_mm=cfg.distinct_mm,
+        iterations=cfg.turn_check_iterations,
+        inlier_mm=cfg.final_gate_mm,
+        trunc_mm=cfg.trunc_mm,
+    )
+    return _estimate(model, sample, best, best_cost, rival, turned, cfg, t0)
 
 
 def _estimate(
@@ -342,6 +356,7 @@ def _estimate(
     best: IcpResult,
     best_cost: float,
     rival: float,
+    turned: TurnedRival | None,
     cfg: AlignmentConfig,
     t0: float,
 ) -> Estimate:
@@ -365,6 +380,8 @@ def _estimate(
         reasons.append(f"degenerate geometry (condition {cond:.0f})")
     if rival < cfg.ambiguity_ratio * best_cost:
         reasons.append(f"ambiguous: a different pose fits almost as well ({rival / best_cost:.2f}x)")
+    if turned is not None and turned.ratio < cfg.ambiguity_ratio:
+        reasons.append(f"ambiguous: the model turned about a patient axis fits as well ({turned.ratio:.2f}x)")
     status = Status.DEGRADED if reasons else Status.TRACKING
     log.info("initial alignment %s fitness %.2f rmse %.2f mm %s", status, fitness, rmse, reasons)
     return Estimate(invert(T_ms), status, fitness, rmse, int(inl.sum()), _ms(t0), cov,

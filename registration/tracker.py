@@ -32,10 +32,10 @@ from registration.icp import (
     covariance_about_origin,
     normalised_condition,
     point_to_plane,
-    truncated_cost,
 )
 from registration.model import SurfaceModel
 from registration.thinning import every_kth
+from registration.turns import TurnedRival, best_turned_rival
 
 log = logging.getLogger(__name__)
 
@@ -186,9 +186,9 @@ class Tracker:
         if not problems and self._machine.good_run + 1 >= cfg.confidence.frames_to_track and entering:
             rival = self._rival(fit, res.T_model_sensor)
             if rival is not None:  # a turned pose fits as well: no lock; a better one is tried next
-                problems = (f"ambiguous: the model turned about a patient axis fits as well ({rival[0]:.2f}x)",)
-                if rival[0] < 1.0:
-                    T_new = invert(rival[1])
+                problems = (f"ambiguous: the model turned about a patient axis fits as well ({rival.ratio:.2f}x)",)
+                if rival.ratio < 1.0:
+                    T_new = invert(rival.T_model_sensor)
         status = self._machine.step(True, problems)
         self._advance(T_new, ts, good=not problems)
         return Estimate(
@@ -206,31 +206,20 @@ class Tracker:
             see_through=see,
         )
 
-    def _rival(self, fit: F64, T_model_sensor: F64) -> tuple[float, F64] | None:
-        """Before a lock is reported: the model turned by 90, 180 and 270 degrees about
-        each patient axis (LPS) through the visible surface, each briefly refined. A face
-        fits upside down or turned well enough to pass every per-frame detector; a
-        distinct turned pose whose truncated cost is within the ambiguity ratio (or
-        below) is returned as (cost ratio, T_model_sensor), else None. ~10 ms, once per lock."""
+    def _rival(self, fit: F64, T_model_sensor: F64) -> TurnedRival | None:
+        """Before a lock is reported: a distinct pose of the model turned about a patient
+        axis that fits within the ambiguity ratio (registration/turns.py); ~10 ms, once
+        per lock."""
         cfg = self.config
-        pts = every_kth(fit, cfg.lock_check_points)
-        trunc = cfg.lock_check_trunc_mm
-        own = max(truncated_cost(self.model, T_model_sensor, pts, trunc), 1e-6)
-        c = transform_points(T_model_sensor, pts).mean(axis=0)
-        T_now = invert(T_model_sensor)
-        best: tuple[float, F64] | None = None
-        for R in _TURNS:
-            turn = np.eye(4)
-            turn[:3, :3] = R
-            turn[:3, 3] = c - R @ c  # about the visible surface, in the patient frame
-            res = point_to_plane(self.model, pts, turn @ T_model_sensor, max_corr_mm=15.0,
-                                 min_corr_mm=cfg.inlier_mm, iterations=6, tol_mm=cfg.tol_mm)  # fmt: skip
-            if _jump(T_now, invert(res.T_model_sensor), self._tre_points)[0] < cfg.confidence.jump_mm:
-                continue  # came back to the same pose
-            ratio = truncated_cost(self.model, res.T_model_sensor, pts, trunc) / own
-            if ratio < cfg.confidence.ambiguity_ratio and (best is None or ratio < best[0]):
-                best = (ratio, res.T_model_sensor)
-        return best
+        rival = best_turned_rival(
+            self.model,
+            every_kth(fit, cfg.lock_check_points),
+            T_model_sensor,
+            distinct_mm=cfg.confidence.jump_mm,
+            inlier_mm=cfg.inlier_mm,
+            trunc_mm=cfg.lock_check_trunc_mm,
+        )
+        return rival if rival is not None and rival.ratio < cfg.confidence.ambiguity_ratio else None
 
     def _advance(self, T_new: F64, ts: int, *, good: bool) -> None:
         """Update the motion model; only good frames feed the velocity estimate."""
@@ -256,18 +245,6 @@ class Tracker:
         """Points where TRE and jumps are judged: the model targets, else the centroid."""
         pts = [t.position_mm for t in self.model.targets] or [self.model.centroid]
         return np.asarray(pts, dtype=np.float64)
-
-
-def _turns() -> tuple[F64, ...]:
-    """Rotations by 90, 180 and 270 degrees about the patient's L-R, A-P and S-I axes."""
-    out = []
-    for axis in np.eye(3):
-        for k in (1, 2, 3):
-            out.append(se3_exp(np.concatenate([axis * (k * math.pi / 2), np.zeros(3)]))[:3, :3])
-    return tuple(out)
-
-
-_TURNS = _turns()
 
 
 def _inlier_stats(

@@ -108,3 +108,26 @@ def test_hololens_scans_agree_at_the_face(ct_skin: SurfaceModel, nine: dict[str,
 def test_all_nine_scans_agree_within_3mm(ct_skin: SurfaceModel, nine: dict[str, Estimate]) -> None:
     centres = _face_centres(ct_skin, nine)
     assert max(np.linalg.norm(a - b) for a in centres for b in centres) <= 3.0
+
+
+@pytest.mark.parametrize(
+    ("name", "cleaning"),
+    [("views/6.ply", "statistical"), ("views/7.ply", "statistical"), ("views/5.ply", "radius")],
+)
+def test_cleaned_scans_are_never_trusted_at_a_wrong_pose(
+    ct_skin: SurfaceModel, nine: dict[str, Estimate], name: str, cleaning: str
+) -> None:
+    """Outlier-cleaned copies of three views, where the search finds only a wrong basin
+    (130-200 mm off, fitness ~0.8, no distinct rival among its own hypotheses): the check
+    against the model turned about the patient axes must keep them from `tracking`."""
+    import open3d as o3d
+
+    pc = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(_scan(name)))
+    if cleaning == "statistical":
+        pc, _ = pc.remove_statistical_outlier(20, 2.0)
+    else:
+        pc, _ = pc.remove_radius_outlier(8, 4.0)
+    est = initial_alignment(ct_skin, np.asarray(pc.points))
+    centre = np.median(_face_centres(ct_skin, nine), axis=0)
+    off = np.linalg.norm(_face_centres(ct_skin, {name: est})[0] - centre)
+    assert est.status is not Status.TRACKING or off < 8.0, (off, est.reasons)
