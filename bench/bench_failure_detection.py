@@ -32,7 +32,6 @@ import os
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import json
 import math
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -43,7 +42,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_tracking import RESULTS, load_model  # noqa: E402  (adds ROOT and tests/ to sys.path)
+from bench_tracking import RESULTS, load_model, prepared_skin  # noqa: E402  (adds ROOT and tests/ to sys.path)
 from registration_fixtures import about, head_mesh, perturbation, plane_mesh  # noqa: E402
 
 from registration import Status, SurfaceModel, Tracker  # noqa: E402
@@ -180,15 +179,11 @@ def other_heads(model: SurfaceModel, sim: HeadsetSimulator, target: F64) -> Iter
 
 def load_other_head() -> tuple[SurfaceModel, str]:
     data = os.environ.get("SCRUBIN_DATA_DIR")
-    exe = Path(sys.executable).with_name("scrubin")
-    out = RESULTS / "other_head_model"
-    if data and exe.exists():
-        ct = Path(data) / "ct" / "dicom2stl_head" / "ct_example.nii.gz"
-        if not (out / "manifest.json").exists():
-            cmd = [str(exe), "prepare", str(ct), "--out", str(out), "--segments", "skin"]
-            subprocess.run(cmd, check=False, capture_output=True)
-        if (out / "manifest.json").exists():
-            return SurfaceModel.from_folder(out, prepare_alignment=False), "dicom2stl_head CT"
+    out = (
+        prepared_skin(Path(data) / "ct" / "dicom2stl_head" / "ct_example.nii.gz", "other_head_model") if data else None
+    )
+    if out is not None:
+        return SurfaceModel.from_folder(out, prepare_alignment=False), "dicom2stl_head CT"
     V, F = head_mesh(224)
     c = V.mean(axis=0)
     return SurfaceModel.from_mesh(c + (V - c) * np.array([0.85, 1.1, 1.0]), F), "synthetic x0.85/1.1/1.0"

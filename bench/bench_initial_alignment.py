@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -36,6 +35,9 @@ sys.path.insert(0, str(ROOT))
 from registration import SurfaceModel, initial_alignment  # noqa: E402
 from registration.frames import F64, MM_PER_M, transform_points  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "bench"))
+from bench_tracking import prepared_skin  # noqa: E402  (the CT skin, prepared once)
+
 RESULTS = ROOT / "bench" / "results"
 SCANS = ["scanned_head_cropped.pcd"] + [f"views/{i}.ply" for i in range(1, 9)]
 
@@ -43,12 +45,10 @@ SCANS = ["scanned_head_cropped.pcd"] + [f"views/{i}.ply" for i in range(1, 9)]
 def prepare_model(data: Path, arg: str | None) -> SurfaceModel:
     if arg:
         return SurfaceModel.from_folder(arg)
-    out = RESULTS / "ct_skin_model"
-    if not (out / "manifest.json").exists():
-        exe = Path(sys.executable).with_name("scrubin")
-        ct = data / "ct" / "bti_demohead_dicom"
-        cmd = [str(exe), "prepare", str(ct), "--out", str(out), "--segments", "skin"]
-        subprocess.run(cmd, check=True, capture_output=True)
+    out = prepared_skin(data / "ct" / "bti_demohead_dicom", "ct_skin_model")
+    if out is None:
+        msg = f"scrubin prepare failed on {data / 'ct' / 'bti_demohead_dicom'}"
+        raise SystemExit(msg)
     return SurfaceModel.from_folder(out)
 
 

@@ -40,18 +40,25 @@ from registration.simulator import HeadsetSimulator, NoiseModel, SimFrame  # noq
 RESULTS = ROOT / "bench" / "results"
 
 
+def prepared_skin(source: Path, name: str) -> Path | None:
+    """``scrubin prepare SOURCE --segments skin`` into bench/results/NAME, once (kept for
+    later runs); None when it fails."""
+    out = RESULTS / name
+    exe = Path(sys.executable).with_name("scrubin")
+    if not (out / "manifest.json").exists() and exe.exists():
+        cmd = [str(exe), "prepare", str(source), "--out", str(out), "--segments", "skin"]
+        subprocess.run(cmd, check=False, capture_output=True)
+    return out if (out / "manifest.json").exists() else None
+
+
 def load_model(arg: str | None) -> tuple[SurfaceModel, str]:
     if arg:
         return SurfaceModel.from_folder(arg), f"folder {arg}"
     data = os.environ.get("SCRUBIN_DATA_DIR")
-    exe = Path(sys.executable).with_name("scrubin")
-    out = RESULTS / "ct_skin_model"
-    if data and exe.exists():
+    if data:
         ct = Path(data) / "ct" / "bti_demohead_dicom"
-        if not (out / "manifest.json").exists():
-            cmd = [str(exe), "prepare", str(ct), "--out", str(out), "--segments", "skin"]
-            subprocess.run(cmd, check=False, capture_output=True)
-        if (out / "manifest.json").exists():
+        out = prepared_skin(ct, "ct_skin_model")
+        if out is not None:
             return SurfaceModel.from_folder(out), f"scrubin prepare of {ct}"
     from registration_fixtures import DEEP_TARGET, head_mesh
 

@@ -326,15 +326,8 @@ class HeadsetClient:
     def send_audio(self, pcm: bytes, sample_rate: int, channels: int = 1) -> int:
         """Microphone PCM (s16le, interleaved) for the mentors; returns its seq. Chunks of
         10-40 ms keep the delay low; at most ``audio_queue`` wait, the oldest dropped."""
-        seq = self._next_seq()
-        header = {"seq": seq, "t_ns": time.monotonic_ns(), "sample_rate": int(sample_rate), "channels": int(channels)}
-        frames = P.encode("audio", {**header, "format": "s16le", "speaker": ""}, bytes(pcm))
-        P.decode(frames, allowed=P.UPLINK_TYPES)  # refuse here what the server would drop
-        if len(self._audio_out) == self._audio_out.maxlen:
-            self.counters.add("uplink_dropped:audio")
-        self._audio_out.append(frames)
-        self._flush()
-        return seq
+        header = {"sample_rate": int(sample_rate), "channels": int(channels), "format": "s16le", "speaker": ""}
+        return self._enqueue_uplink("audio", header, bytes(pcm), self._audio_out, check=True)
 
     def send_headset_pose(self, T_world_head: Mat4, t_capture_ns: int | None = None) -> None:
         T = as_transform(T_world_head, "T_world_head")
@@ -349,11 +342,25 @@ class HeadsetClient:
         """Send frames as they are (tests, fuzzing)."""
         self._dealer.send_multipart(frames, flags=zmq.NOBLOCK)
 
-    def _enqueue_uplink(self, topic: str, header: dict[str, Any], payload: bytes) -> int:
-        if len(self._uplink) == self._uplink.maxlen:
-            self.counters.add(f"uplink_dropped:{topic}")
+    def _enqueue_uplink(
+        self,
+        topic: str,
+        header: dict[str, Any],
+        payload: bytes,
+        queue: deque[list[P.Buffer]] | None = None,
+        *,
+        check: bool = False,
+    ) -> int:
+        """Queue one uplink message (the oldest dropped when ``queue`` is full: the sensor
+        queue by default); ``check`` refuses here what the server would drop."""
+        queue = self._uplink if queue is None else queue
         seq = self._next_seq()
-        self._uplink.append(P.encode(topic, {"seq": seq, "t_ns": time.monotonic_ns(), **header}, payload))
+        frames = P.encode(topic, {"seq": seq, "t_ns": time.monotonic_ns(), **header}, payload)
+        if check:
+            P.decode(frames, allowed=P.UPLINK_TYPES)
+        if len(queue) == queue.maxlen:
+            self.counters.add(f"uplink_dropped:{topic}")
+        queue.append(frames)
         self._flush()
         return seq
 

@@ -23,6 +23,13 @@ LISTENER_QUEUE: Final = 25  # chunks per listener (~0.5 s of 20 ms chunks)
 LAYOUTS: Final = {1: "mono", 2: "stereo"}
 
 
+def check_pcm(pcm: bytes, sample_rate: int, channels: int) -> None:
+    """ValueError unless ``pcm`` is whole s16 samples of 1-2 channels at 8-48 kHz."""
+    if channels not in LAYOUTS or len(pcm) % (2 * channels) or not 8000 <= sample_rate <= 48000:
+        msg = f"audio must be s16 PCM, 1-2 channels, 8-48 kHz, got {len(pcm)} bytes, {channels} ch, {sample_rate} Hz"
+        raise ValueError(msg)
+
+
 class ListenerTrack(MediaStreamTrack):  # type: ignore[misc]  # aiortc is untyped here
     """One listener's audio track (s16 PCM chunks in, ``av.AudioFrame`` out)."""
 
@@ -79,9 +86,7 @@ class AudioRelay:
         return track
 
     def offer(self, pcm: bytes, sample_rate: int, channels: int) -> None:
-        if channels not in LAYOUTS or len(pcm) % (2 * channels):
-            msg = f"audio must be whole s16 samples of 1 or 2 channels, got {len(pcm)} bytes, {channels} channels"
-            raise ValueError(msg)
+        """A chunk already checked by :func:`check_pcm` (the room does, on its caller's thread)."""
         self.chunks += 1
         for track in list(self.listeners):
             track.offer(pcm, sample_rate, channels)

@@ -29,6 +29,7 @@ import numpy.typing as npt
 
 from headset_bridge.messages import Annotation, AnnotationOpName
 from mentor.anchoring import Anchor, FramePose, MeshRayCaster, anchor_click, project_marks, projection_matrix
+from mentor.audio import check_pcm
 from mentor.frameclock import FrameClock
 from mentor.signalling import Annotate, Erase
 from mentor.tokens import Claims
@@ -156,14 +157,9 @@ class MentorRoom:
         if listener is not None:
             listener(rgb, t_capture_ns)
 
-    def push_audio(self, pcm: bytes, sample_rate: int, channels: int = 1, speaker: str = "") -> None:
-        """Headset microphone PCM (s16le, interleaved) for the mentors; any thread.
-        ``speaker`` is the headset's name (for logs; the page says "theatre")."""
-        if channels not in (1, 2) or len(pcm) % (2 * channels) or not 8000 <= sample_rate <= 48000:
-            msg = (
-                f"audio must be s16 PCM, 1-2 channels, 8-48 kHz, got {len(pcm)} bytes, {channels} ch, {sample_rate} Hz"
-            )
-            raise ValueError(msg)
+    def push_audio(self, pcm: bytes, sample_rate: int, channels: int = 1) -> None:
+        """Headset microphone PCM (s16le, interleaved) for the mentors; any thread."""
+        check_pcm(pcm, sample_rate, channels)
         listener = self.audio_listener
         if listener is not None:
             listener(pcm, sample_rate, channels)

@@ -11,9 +11,9 @@ along itself), so a frame is *good* only if every detector passes:
 * free space: the camera must not see *through* the model at the fitted pose (points
   measured well behind the rendered model surface). This catches a face slid along
   itself, which fits well but leaves background visible where the head should be;
-* before a lock is first reported, no distinct pose of the visible surface turned about
-  the view (upside down, mirrored) fits about as well (the tracker's ``_rival`` check):
-  an upside-down face passes every per-frame detector above.
+* before a lock is first reported, no distinct pose of the model turned about a patient
+  axis (a face upside down, or turned) fits about as well (registration/turns.py): an
+  upside-down face passes every per-frame detector above.
 
 Thresholds have hysteresis: to *enter* tracking a frame must pass stricter limits
 (``enter_scale``) than to *stay*, and must do so ``frames_to_track`` times in a row.
@@ -116,6 +116,10 @@ class StatusMachine:
         self.status = Status.DEGRADED
         self.good_run = 0
         self.bad_run = 0
+
+    def locks_on_next_good(self) -> bool:
+        """Whether one more good frame would turn the status into tracking."""
+        return self.status is not Status.TRACKING and self.good_run + 1 >= self.cfg.frames_to_track
 
     def step(self, usable: bool, problems: tuple[str, ...]) -> Status:
         if usable and not problems:

@@ -219,6 +219,11 @@ class SurfaceModel:
         self.anchors(spacing_mm / 2.0)
         return self
 
+    def reference_points(self) -> F64:
+        """(K, 3) points where target errors and pose differences are judged: the model's
+        targets, else its centroid."""
+        return np.asarray([t.position_mm for t in self.targets] or [self.centroid], dtype=np.float64)
+
     def target(self, name: str) -> F64:
         for t in self.targets + self.fiducials:
             if t.name == name:
@@ -250,7 +255,6 @@ class SurfaceModel:
         g3 = grid.reshape(tuple(shape))  # border cells must stay -1 (see ``lookup``)
         g3[[0, -1]] = g3[:, [0, -1]] = g3[:, :, [0, -1]] = -1
         self._grid = grid
-        self._grid_origin = origin
         self._grid_dims = (int(shape[0]), int(shape[1]), int(shape[2]))
         self._grid_offset = 0.5 - origin / h  # cell index = point / h + offset, rounded
 

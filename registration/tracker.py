@@ -81,7 +81,7 @@ class Tracker:
         self._machine = StatusMachine(self.config.confidence)
         self._rng = np.random.default_rng(self.config.seed)
         self._near_share = 0.02  # unknown before the first frame: convert every pixel
-        self._tre_points = self._tre_reference()
+        self._tre_points = model.reference_points()
         lo, hi = model.bounds
         self._corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
 
@@ -183,7 +183,7 @@ class Tracker:
         q = FrameQuality(n_in, fitness, rmse, cond, tre, jump_mm, jump_deg, h_fit, h_rmse, see)
         entering = self._machine.status is not Status.TRACKING
         problems = failures(q, cfg.confidence, entering=entering)
-        if not problems and self._machine.good_run + 1 >= cfg.confidence.frames_to_track and entering:
+        if not problems and self._machine.locks_on_next_good():
             rival = self._rival(fit, res.T_model_sensor)
             if rival is not None:  # a turned pose fits as well: no lock; a better one is tried next
                 problems = (f"ambiguous: the model turned about a patient axis fits as well ({rival.ratio:.2f}x)",)
@@ -240,11 +240,6 @@ class Tracker:
         if ts is not None:
             self._last_ts = ts
         return lost((time.perf_counter() - t0) * 1e3, reason, self._T, ts)
-
-    def _tre_reference(self) -> F64:
-        """Points where TRE and jumps are judged: the model targets, else the centroid."""
-        pts = [t.position_mm for t in self.model.targets] or [self.model.centroid]
-        return np.asarray(pts, dtype=np.float64)
 
 
 def _inlier_stats(

@@ -51,7 +51,7 @@ def best_turned_rival(
     """The turned pose with the lowest truncated cost among those that end more than
     ``distinct_mm`` from ``T_model_sensor`` (at the model's targets, else its centroid),
     or None when every turn came back to the same pose."""
-    refs = np.array([t.position_mm for t in model.targets] or [model.centroid])
+    refs = model.reference_points()
     own = max(truncated_cost(model, T_model_sensor, points_sensor, trunc_mm), 1e-6)
     here = transform_points(invert(T_model_sensor), refs)
     c = transform_points(T_model_sensor, points_sensor).mean(axis=0)

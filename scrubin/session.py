@@ -566,7 +566,7 @@ class TheatreSession:
         for name in list(self._seen_headsets):
             for chunk in self.bridge.take("audio", name):  # every chunk, in order: voice has no "newest"
                 if self._mentor is not None and isinstance(chunk, AudioChunk):
-                    self._mentor.push_audio(chunk.pcm, chunk.sample_rate, chunk.channels, speaker=name)
+                    self._mentor.push_audio(chunk.pcm, chunk.sample_rate, chunk.channels)
             frames = [f for f in self.bridge.take("video", name) if isinstance(f, UplinkVideo)]
             if not frames:
                 continue
