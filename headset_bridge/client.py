@@ -34,6 +34,7 @@ from headset_bridge.messages import (
     ModelInfo,
     as_transform,
 )
+from headset_bridge.tcp_loss import TcpLossCounter
 from headset_bridge.transport import client_socket
 
 log = logging.getLogger(__name__)
@@ -171,6 +172,7 @@ class HeadsetClient:
         # Replies only answer this client's own requests (a few in flight), so no limit
         # costs nothing and keeps the DEALER clear of the same abort.
         self._dealer.setsockopt(zmq.RCVHWM, 0)
+        self._tcp_loss = TcpLossCounter((self._sub, self._dealer))  # before connecting: sees every connection
         self._sub.connect(config.pub_endpoint)
         self._dealer.connect(config.ctl_endpoint)
         self._poller = zmq.Poller()
@@ -258,7 +260,10 @@ class HeadsetClient:
     def link_quality(self, now_ns: int | None = None) -> LinkQuality:
         """Link health from the headset's side (keepalive gaps, request round trips and losses):
         show a degraded-link warning when it is not ``good``, independently of the pose status."""
-        return self._link.quality(time.monotonic_ns() if now_ns is None else now_ns)
+        if now_ns is None:
+            now_ns = time.monotonic_ns()
+            self._link.repaired(now_ns, self._tcp_loss.total())
+        return self._link.quality(now_ns)
 
     def resume_state(self) -> ResumeState | None:
         if self.epoch is None or not self.annotations.synced:
@@ -272,6 +277,7 @@ class HeadsetClient:
 
     def close(self) -> None:
         """Close at once (linger 0): queued messages are dropped, like a crash."""
+        self._tcp_loss.close()
         self._sub.close(linger=0)
         self._dealer.close(linger=0)
         if self._own_ctx:
@@ -386,6 +392,7 @@ class HeadsetClient:
     def _timers(self, now: float) -> None:
         if now >= self._next_hb:
             self._next_hb = now + self.config.hb_interval_s
+            self._link.repaired(time.monotonic_ns(), self._tcp_loss.total())
             best = self.clock.best
             self._send_ctl(
                 "hb",
@@ -609,6 +616,9 @@ DEGRADED_LATE_KEEPALIVES = 3  # per window: one stall can be the app's own frame
 LATE_DELIVERY_S = 0.05  # one-way delay above the window's floor: a retransmission, not jitter
 DEGRADED_LATE_DELIVERIES = 3  # per window
 DEGRADED_RTT_MS = 50.0  # median round trip; a theatre LAN or Wi-Fi 6 link stays far below
+# Segments TCP resent or received after a gap, per window (headset_bridge/tcp_loss.py): 0 on
+# a clean link; 10 % loss gave 35-50 in 2.5 s on loopback, even when no delivery was late.
+DEGRADED_TCP_REPAIRS = 3
 
 
 @dataclass(frozen=True)
@@ -623,6 +633,7 @@ class LinkQuality:
     late_keepalives: int  # SUB silences over twice the keepalive period
     longest_silence_ms: float
     late_deliveries: int  # server messages delayed over 50 ms beyond the window's fastest
+    tcp_repairs: int | None = None  # lost segments TCP repaired in the window; None: cannot tell
     window_s: float = LINK_WINDOW_S
 
 
@@ -637,6 +648,7 @@ class _LinkMonitor:
         # (received, received - sent): the two clocks' offset is unknown but constant, so a
         # delay above the window's minimum is queueing or TCP retransmission (hidden loss).
         self._delays: deque[tuple[int, int]] = deque(maxlen=4096)
+        self._repairs: deque[tuple[int, int]] = deque(maxlen=1024)  # (at, repairs so far)
 
     def received(self, t_sent: int, t_recv: int) -> None:
         """A server message sent at ``t_sent`` (server clock) arrived at ``t_recv``."""
@@ -645,6 +657,18 @@ class _LinkMonitor:
         if last is not None and t_recv - last > _LATE_GAP_NS:
             self._gaps.append((t_recv, t_recv - last))
         self._last_heard = t_recv
+
+    def repaired(self, at: int, total: int | None) -> None:
+        """The TCP repair count (only grows) read at ``at``; None when it cannot be read."""
+        if total is not None:
+            self._repairs.append((at, total))
+
+    def _repairs_in_window(self, since: int) -> int | None:
+        if not self._repairs:
+            return None
+        # From the last reading at or before the window's start (else the first one) to now.
+        base = next((total for at, total in reversed(self._repairs) if at <= since), self._repairs[0][1])
+        return self._repairs[-1][1] - base
 
     def requested(self, t0: int) -> None:
         self._expire(t0)
@@ -671,6 +695,7 @@ class _LinkMonitor:
         delays = [d for at, d in self._delays if at >= since]
         floor = min(delays, default=0)
         late = sum(1 for d in delays if d - floor > LATE_DELIVERY_S * 1e9)
+        repairs = self._repairs_in_window(since)
         reasons = []
         if self._last_heard is None or silence > LINK_LOST_S * 1e9:
             reasons.append(
@@ -680,12 +705,14 @@ class _LinkMonitor:
             reasons.append(f"{len(gaps)} late keepalives")
         if late >= DEGRADED_LATE_DELIVERIES:
             reasons.append(f"{late} late deliveries")
+        if repairs is not None and repairs >= DEGRADED_TCP_REPAIRS:
+            reasons.append(f"{repairs} lost TCP segments repaired")
         if lost:
             reasons.append(f"{lost} unanswered requests")
         if rtt is not None and rtt > DEGRADED_RTT_MS:
             reasons.append(f"round trip {rtt:.0f} ms")
         status = "good" if not reasons else "lost" if reasons[0].startswith(("nothing", "silent")) else "degraded"
-        return LinkQuality(status, "; ".join(reasons), rtt, lost, len(rtts), len(gaps), longest, late)
+        return LinkQuality(status, "; ".join(reasons), rtt, lost, len(rtts), len(gaps), longest, late, repairs)
 
 
 def _num(value: float | None) -> float:

@@ -19,6 +19,8 @@ from typing import Any
 
 import pytest
 
+from headset_bridge.client import DEGRADED_TCP_REPAIRS
+
 REPO = Path(__file__).resolve().parents[1]
 CHILD = REPO / "tests" / "reliability_bridge_child.py"
 SECONDS = 2.5  # of streaming per drop rate: 150 poses at 60 Hz, 125 annotation ops at 50 Hz
@@ -64,7 +66,10 @@ def test_annotations_all_arrive_and_link_shows_degraded(drop_percent: int) -> No
     assert r["pose_caught_up"], r
     # The headset shows the link is not good: "degraded", or "lost" when one of those
     # backed-off stalls silences it for over 1 s (seen once under 30 %: good 10, lost 15).
+    # Not from delays alone: TCP repaired every loss of one 10 % run within 16 ms (all 25
+    # looks "good" before the kernel's repair counts were read; CI, 2026-11-23).
     assert r["statuses"].get("degraded", 0) + r["statuses"].get("lost", 0) > 0, r["statuses"]
+    assert r["link"]["tcp_repairs"] >= DEGRADED_TCP_REPAIRS, r["link"]
 
 
 def test_control_without_loss_shows_a_good_link() -> None:
@@ -73,3 +78,4 @@ def test_control_without_loss_shows_a_good_link() -> None:
     assert r["converged"] and r["digest_equal"]
     assert r["poses_received"] == r["published"]
     assert r["statuses"].get("good", 0) > 0, r["statuses"]
+    assert r["link"]["tcp_repairs"] == 0, r["link"]  # the kernel saw no loss to repair
