@@ -34,7 +34,7 @@ from headset_bridge.messages import (
     ModelInfo,
     as_transform,
 )
-from headset_bridge.tcp_loss import TcpLossCounter
+from headset_bridge.tcp_loss import TcpCounts, TcpLossCounter
 from headset_bridge.transport import client_socket
 
 log = logging.getLogger(__name__)
@@ -258,11 +258,12 @@ class HeadsetClient:
         return ""
 
     def link_quality(self, now_ns: int | None = None) -> LinkQuality:
-        """Link health from the headset's side (keepalive gaps, request round trips and losses):
-        show a degraded-link warning when it is not ``good``, independently of the pose status."""
+        """Link health from the headset's side (keepalive gaps, late deliveries, request round
+        trips and losses, and on Linux the losses TCP repaired): show a degraded-link warning
+        when it is not ``good``, independently of the pose status."""
         if now_ns is None:
             now_ns = time.monotonic_ns()
-            self._link.repaired(now_ns, self._tcp_loss.total())
+            self._link.tcp_counted(now_ns, self._tcp_loss.total())
         return self._link.quality(now_ns)
 
     def resume_state(self) -> ResumeState | None:
@@ -392,7 +393,7 @@ class HeadsetClient:
     def _timers(self, now: float) -> None:
         if now >= self._next_hb:
             self._next_hb = now + self.config.hb_interval_s
-            self._link.repaired(time.monotonic_ns(), self._tcp_loss.total())
+            self._link.tcp_counted(time.monotonic_ns(), self._tcp_loss.total())
             best = self.clock.best
             self._send_ctl(
                 "hb",
@@ -616,8 +617,11 @@ DEGRADED_LATE_KEEPALIVES = 3  # per window: one stall can be the app's own frame
 LATE_DELIVERY_S = 0.05  # one-way delay above the window's floor: a retransmission, not jitter
 DEGRADED_LATE_DELIVERIES = 3  # per window
 DEGRADED_RTT_MS = 50.0  # median round trip; a theatre LAN or Wi-Fi 6 link stays far below
-# Segments TCP resent or received after a gap, per window (headset_bridge/tcp_loss.py): 0 on
-# a clean link; 10 % loss gave 35-50 in 2.5 s on loopback, even when no delivery was late.
+# Segments TCP resent or received after a gap (headset_bridge/tcp_loss.py), per window: 0 on
+# a clean link (0 of 431 data segments in 2.5 s on loopback); 10 % packet loss: 22-52 of
+# 308-403 (7-15 %), also in a run where no delivery was late. Degraded at 2 % of the data segments, and
+# at least 3, so a link busy with depth frames is not degraded by rare single losses.
+DEGRADED_TCP_REPAIR_SHARE = 0.02
 DEGRADED_TCP_REPAIRS = 3
 
 
@@ -634,6 +638,7 @@ class LinkQuality:
     longest_silence_ms: float
     late_deliveries: int  # server messages delayed over 50 ms beyond the window's fastest
     tcp_repairs: int | None = None  # lost segments TCP repaired in the window; None: cannot tell
+    tcp_segments: int | None = None  # data segments sent and received in the window
     window_s: float = LINK_WINDOW_S
 
 
@@ -648,7 +653,7 @@ class _LinkMonitor:
         # (received, received - sent): the two clocks' offset is unknown but constant, so a
         # delay above the window's minimum is queueing or TCP retransmission (hidden loss).
         self._delays: deque[tuple[int, int]] = deque(maxlen=4096)
-        self._repairs: deque[tuple[int, int]] = deque(maxlen=1024)  # (at, repairs so far)
+        self._tcp: deque[tuple[int, TcpCounts]] = deque(maxlen=1024)  # (at, counts so far)
 
     def received(self, t_sent: int, t_recv: int) -> None:
         """A server message sent at ``t_sent`` (server clock) arrived at ``t_recv``."""
@@ -658,17 +663,17 @@ class _LinkMonitor:
             self._gaps.append((t_recv, t_recv - last))
         self._last_heard = t_recv
 
-    def repaired(self, at: int, total: int | None) -> None:
-        """The TCP repair count (only grows) read at ``at``; None when it cannot be read."""
+    def tcp_counted(self, at: int, total: TcpCounts | None) -> None:
+        """The TCP counts (they only grow) read at ``at``; None when they cannot be read."""
         if total is not None:
-            self._repairs.append((at, total))
+            self._tcp.append((at, total))
 
-    def _repairs_in_window(self, since: int) -> int | None:
-        if not self._repairs:
+    def _tcp_in_window(self, since: int) -> TcpCounts | None:
+        if not self._tcp:
             return None
         # From the last reading at or before the window's start (else the first one) to now.
-        base = next((total for at, total in reversed(self._repairs) if at <= since), self._repairs[0][1])
-        return self._repairs[-1][1] - base
+        base = next((total for at, total in reversed(self._tcp) if at <= since), self._tcp[0][1])
+        return self._tcp[-1][1] - base
 
     def requested(self, t0: int) -> None:
         self._expire(t0)
@@ -695,7 +700,7 @@ class _LinkMonitor:
         delays = [d for at, d in self._delays if at >= since]
         floor = min(delays, default=0)
         late = sum(1 for d in delays if d - floor > LATE_DELIVERY_S * 1e9)
-        repairs = self._repairs_in_window(since)
+        tcp = self._tcp_in_window(since)
         reasons = []
         if self._last_heard is None or silence > LINK_LOST_S * 1e9:
             reasons.append(
@@ -705,14 +710,17 @@ class _LinkMonitor:
             reasons.append(f"{len(gaps)} late keepalives")
         if late >= DEGRADED_LATE_DELIVERIES:
             reasons.append(f"{late} late deliveries")
-        if repairs is not None and repairs >= DEGRADED_TCP_REPAIRS:
-            reasons.append(f"{repairs} lost TCP segments repaired")
+        if tcp is not None and tcp.repairs >= max(DEGRADED_TCP_REPAIRS, DEGRADED_TCP_REPAIR_SHARE * tcp.segments):
+            reasons.append(f"{tcp.repairs} of {tcp.segments} TCP segments lost and repaired")
         if lost:
             reasons.append(f"{lost} unanswered requests")
         if rtt is not None and rtt > DEGRADED_RTT_MS:
             reasons.append(f"round trip {rtt:.0f} ms")
         status = "good" if not reasons else "lost" if reasons[0].startswith(("nothing", "silent")) else "degraded"
-        return LinkQuality(status, "; ".join(reasons), rtt, lost, len(rtts), len(gaps), longest, late, repairs)
+        repairs, segments = (None, None) if tcp is None else (tcp.repairs, tcp.segments)
+        return LinkQuality(
+            status, "; ".join(reasons), rtt, lost, len(rtts), len(gaps), longest, late, repairs, segments
+        )
 
 
 def _num(value: float | None) -> float:
