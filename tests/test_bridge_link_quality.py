@@ -9,10 +9,10 @@ import sys
 from collections.abc import Iterator
 
 import pytest
+from bridge_fixtures import Bridge, running_bridge
 
 from headset_bridge.client import DEGRADED_TCP_REPAIR_SHARE, DEGRADED_TCP_REPAIRS, LINK_WINDOW_S, _LinkMonitor
 from headset_bridge.tcp_loss import TcpCounts, read_counts
-from tests.bridge_fixtures import Bridge, running_bridge
 
 bridge = pytest.fixture(name="bridge")(running_bridge)
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="TCP_INFO is read on Linux only")
@@ -39,7 +39,8 @@ def test_a_clean_tcp_connection_has_nothing_repaired(tcp_pair: tuple[socket.sock
     sent, received = read_counts(client.fileno()), read_counts(peer.fileno())
     assert sent is not None and received is not None
     assert sent.repairs == received.repairs == 0
-    assert sent.segments >= 2 and received.segments >= 2  # 100 kB is more than one segment each way
+    assert sent.segments >= 2  # 100 kB is more than one segment, even at loopback's 64 kB MSS
+    assert received.segments >= 1
 
 
 def test_a_non_tcp_descriptor_reads_as_unknown() -> None:
