@@ -259,12 +259,9 @@ class HeadsetClient:
 
     def link_quality(self, now_ns: int | None = None) -> LinkQuality:
         """Link health from the headset's side (keepalive gaps, late deliveries, request round
-        trips and losses, and on Linux the losses TCP repaired): show a degraded-link warning
-        when it is not ``good``, independently of the pose status."""
-        if now_ns is None:
-            now_ns = time.monotonic_ns()
-            self._link.tcp_counted(now_ns, self._tcp_loss.total())
-        return self._link.quality(now_ns)
+        trips and losses, and on Linux the losses TCP repaired, read with each heartbeat): show
+        a degraded-link warning when it is not ``good``, independently of the pose status."""
+        return self._link.quality(time.monotonic_ns() if now_ns is None else now_ns)
 
     def resume_state(self) -> ResumeState | None:
         if self.epoch is None or not self.annotations.synced:
@@ -393,6 +390,7 @@ class HeadsetClient:
     def _timers(self, now: float) -> None:
         if now >= self._next_hb:
             self._next_hb = now + self.config.hb_interval_s
+            # Read here only (10 Hz): two getsockopt calls, never on an app's per-frame path.
             self._link.tcp_counted(time.monotonic_ns(), self._tcp_loss.total())
             best = self.clock.best
             self._send_ctl(
@@ -619,8 +617,8 @@ DEGRADED_LATE_DELIVERIES = 3  # per window
 DEGRADED_RTT_MS = 50.0  # median round trip; a theatre LAN or Wi-Fi 6 link stays far below
 # Segments TCP resent or received after a gap (headset_bridge/tcp_loss.py), per window: 0 on
 # a clean link (0 of 431 data segments in 2.5 s on loopback); 10 % packet loss: 22-52 of
-# 308-403 (7-15 %), also in a run where no delivery was late. Degraded at 2 % of the data segments, and
-# at least 3, so a link busy with depth frames is not degraded by rare single losses.
+# 308-403 (7-15 %), also in a run where no delivery was late. Degraded at 2 % of the data
+# segments, and at least 3, so a link busy with depth frames is not degraded by rare losses.
 DEGRADED_TCP_REPAIR_SHARE = 0.02
 DEGRADED_TCP_REPAIRS = 3
 

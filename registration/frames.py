@@ -122,3 +122,11 @@ def pose_difference(T_a: F64, T_b: F64) -> tuple[float, float]:
     D = invert(T_a) @ T_b
     cos_theta = np.clip((np.trace(D[:3, :3]) - 1.0) / 2.0, -1.0, 1.0)
     return float(np.degrees(np.arccos(cos_theta))), float(np.linalg.norm(D[:3, 3]))
+
+
+def max_displacement_mm(T_a: F64, T_b: F64, points: F64) -> float:
+    """Largest distance (mm) between where ``T_a`` and ``T_b`` put ``points`` (N, 3): how far
+    apart two poses are where it matters, not at the origin of their frame."""
+    D = T_a - T_b
+    d = points @ D[:3, :3].T + D[:3, 3]
+    return float(np.sqrt(np.max(np.sum(d * d, axis=1))))

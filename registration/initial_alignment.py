@@ -27,7 +27,7 @@ import numpy as np
 
 from registration.clutter import drop_support_planes
 from registration.estimate import Estimate, Status, lost
-from registration.frames import F64, invert, skew, transform_points
+from registration.frames import F64, invert, max_displacement_mm, skew, transform_points
 from registration.icp import (
     IcpResult,
     covariance_about_origin,
@@ -392,8 +392,7 @@ def _estimate(
 def _same_pose(A: F64, B: F64, centre: F64, tol_mm: float) -> bool:
     """Poses agree when a 100 mm cross around ``centre`` moves less than ``tol_mm``."""
     probe = centre + np.vstack([np.zeros(3), 100.0 * np.eye(3)])
-    D = transform_points(invert(A), probe) - transform_points(invert(B), probe)
-    return bool(np.max(np.linalg.norm(D, axis=1)) < tol_mm)
+    return max_displacement_mm(invert(A), invert(B), probe) < tol_mm
 
 
 def _rotations_onto(a: F64, b: F64) -> F64:

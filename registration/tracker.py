@@ -23,6 +23,7 @@ from registration.frames import (
     F64,
     as_transform,
     invert,
+    max_displacement_mm,
     se3_exp,
     se3_log,
     transform_points,
@@ -269,7 +270,5 @@ def _share(d: F64, inl: NDArray[np.bool_]) -> tuple[float, float, int]:
 def _jump(T_pred: F64, T_new: F64, refs: F64) -> tuple[float, float]:
     """Largest displacement of the reference points and the rotation angle between the
     predicted and fitted poses (measured where it matters, not at the LPS origin)."""
-    D = T_pred - T_new
-    d = refs @ D[:3, :3].T + D[:3, 3]
     cos = (float(np.sum(T_pred[:3, :3] * T_new[:3, :3])) - 1.0) / 2.0  # trace(R_pred^T R_new)
-    return float(np.sqrt(np.max(np.sum(d * d, axis=1)))), math.degrees(math.acos(min(1.0, max(-1.0, cos))))
+    return max_displacement_mm(T_pred, T_new, refs), math.degrees(math.acos(min(1.0, max(-1.0, cos))))

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from registration.frames import F64, invert, se3_exp, transform_points
+from registration.frames import F64, invert, max_displacement_mm, se3_exp, transform_points
 from registration.icp import point_to_plane, truncated_cost
 from registration.model import SurfaceModel
 
@@ -53,7 +53,7 @@ def best_turned_rival(
     or None when every turn came back to the same pose."""
     refs = model.reference_points()
     own = max(truncated_cost(model, T_model_sensor, points_sensor, trunc_mm), 1e-6)
-    here = transform_points(invert(T_model_sensor), refs)
+    T_here = invert(T_model_sensor)
     c = transform_points(T_model_sensor, points_sensor).mean(axis=0)
     best: TurnedRival | None = None
     for R in TURNS:
@@ -62,8 +62,7 @@ def best_turned_rival(
         turn[:3, 3] = c - R @ c  # about the seen surface, in the patient frame
         res = point_to_plane(model, points_sensor, turn @ T_model_sensor, max_corr_mm=15.0,
                              min_corr_mm=inlier_mm, iterations=iterations, tol_mm=0.1)  # fmt: skip
-        there = transform_points(invert(res.T_model_sensor), refs)
-        if np.max(np.linalg.norm(there - here, axis=1)) < distinct_mm:
+        if max_displacement_mm(T_here, invert(res.T_model_sensor), refs) < distinct_mm:
             continue  # came back to the same pose
         ratio = truncated_cost(model, res.T_model_sensor, points_sensor, trunc_mm) / own
         if best is None or ratio < best.ratio:
