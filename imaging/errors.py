@@ -13,3 +13,7 @@ class InputError(ImagingError):
 
 class SegmentationError(ImagingError):
     """A segmentation produced nothing usable (for example an empty skin mask)."""
+
+
+class OutputError(ImagingError):
+    """The ``--out`` folder cannot be written or replaced without losing someone's files."""

@@ -19,6 +19,7 @@ from imaging.mesh import Mesh
 from imaging.volume import Volume
 
 SCHEMA_VERSION = 1
+MANIFEST_KIND = "scrubin.patient_model"
 MANIFEST_NAME = "manifest.json"
 GLB_NAME = "model.glb"
 MESH_DIR = "meshes"
@@ -71,7 +72,7 @@ def build_manifest(data: ManifestData, folder: Path) -> dict[str, Any]:
     files = [GLB_NAME] + [f for entry in data.meshes for f in mesh_files(entry.mesh.name).values()]
     return {
         "schema_version": SCHEMA_VERSION,
-        "kind": "scrubin.patient_model",
+        "kind": MANIFEST_KIND,
         "generator": f"scrubin {__version__}",
         "created_utc": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "synthetic": data.synthetic,

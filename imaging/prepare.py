@@ -9,10 +9,8 @@ so a failed run never leaves a half-written model where a good one was.
 from __future__ import annotations
 
 import logging
-import shutil
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -29,7 +27,6 @@ from imaging.gltf import write_glb
 from imaging.load import DEFAULT_MEMORY_BUDGET_BYTES, load_ct
 from imaging.manifest import (
     GLB_NAME,
-    MANIFEST_NAME,
     MESH_DIR,
     Landmark,
     ManifestData,
@@ -39,6 +36,7 @@ from imaging.manifest import (
 )
 from imaging.mesh import RGBA
 from imaging.mesh_io import write_ply, write_stl
+from imaging.output_folder import check_destination, replace_folder, staging_folder
 from imaging.surface import RawSurface, finish_surface, raw_surface
 from imaging.volume import Volume
 
@@ -46,6 +44,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_TRIANGLE_BUDGET = 200_000
 MIN_TRIANGLES_PER_MESH = 2_000
+MAX_TRIANGLE_BUDGET = 10_000_000  # ~350 MB of GLB + PLY + STL; far beyond what a headset renders
 COARSEN_RATIO = 2.0  # iso-surface triangles over budget share beyond which we mesh coarser
 KNOWN_SEGMENTS = ("skin", "bone")
 Progress = Callable[[str], None]
@@ -59,6 +58,7 @@ class PrepareOptions:
     labels_path: Path | None = None
     label_names_path: Path | None = None
     memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET_BYTES
+    force: bool = False  # replace an --out model even when its files no longer match its manifest
 
     def __post_init__(self) -> None:
         unknown = [s for s in self.segments if s not in KNOWN_SEGMENTS]
@@ -68,6 +68,16 @@ class PrepareOptions:
         if self.triangle_budget < MIN_TRIANGLES_PER_MESH:
             msg = f"--budget: at least {MIN_TRIANGLES_PER_MESH} triangles, got {self.triangle_budget}"
             raise InputError(msg)
+        if self.triangle_budget > MAX_TRIANGLE_BUDGET:
+            msg = f"--budget: at most {MAX_TRIANGLE_BUDGET:,} triangles, got {self.triangle_budget}"
+            raise InputError(msg)
+        if self.memory_budget_bytes <= 0:
+            msg = f"--max-memory-gb: must be above 0, got {self.memory_budget_bytes} bytes"
+            raise InputError(msg)
+
+    def inputs(self, source: Path | None = None) -> tuple[Path, ...]:
+        """Every file or folder the run reads: ``--out`` must never be, hold or sit inside one."""
+        return tuple(p for p in (source, self.labels_path, self.label_names_path) if p is not None)
 
 
 @dataclass(frozen=True)
@@ -107,6 +117,7 @@ def prepare_path(
     progress: Progress | None = None,
     on_series: SeriesChoice | None = None,
 ) -> PreparedModel:
+    check_destination(out, options.inputs(source), force=options.force)  # before minutes of work
     timer = _Timer(progress)
     with timer.stage("load"):
         volume = load_ct(
@@ -121,7 +132,9 @@ def prepare_path(
             else None
         )
     study_id = volume.source.study_key or "study-unknown"
-    return prepare_volume(volume, out, options, study_id=study_id, labels=labels, timer=timer, where=source)
+    return prepare_volume(
+        volume, out, options, study_id=study_id, labels=labels, timer=timer, where=source, inputs=(source,)
+    )
 
 
 def prepare_phantom(out: Path, options: PrepareOptions, progress: Progress | None = None) -> PreparedModel:
@@ -159,9 +172,13 @@ def prepare_volume(
     targets: list[Landmark] | None = None,
     timer: _Timer | None = None,
     where: Path | str = "volume",
+    inputs: Sequence[Path] = (),
 ) -> PreparedModel:
+    """Segment, mesh and write ``volume`` as a model folder at ``out``; ``inputs`` are the
+    files or folders it came from, which ``out`` may never replace (see ``output_folder``)."""
     timer = timer or _Timer(None)
-    _check_destination(out)
+    protected = (*inputs, *options.inputs())
+    check_destination(out, protected, force=options.force)
     if label_names is None and options.label_names_path is not None:
         label_names = label_table.load_label_table(options.label_names_path)
     with timer.stage("segment"):
@@ -179,8 +196,8 @@ def prepare_volume(
         timings_s=timer.timings,
     )
     with timer.stage("write"):
-        manifest = _write_folder(data, out)
-    log.info("patient model %s written to %s in %.2f s", study_id, out, sum(timer.timings.values()))
+        manifest = _write_folder(data, out, protected, options.force)
+    log.info("patient model %s written in %.2f s", study_id, sum(timer.timings.values()))
     return PreparedModel(out, manifest, dict(timer.timings))
 
 
@@ -272,16 +289,8 @@ def share_budget(raw_triangles: list[int], budget: int) -> list[int]:
     return [int(s) for s in shares]
 
 
-def _check_destination(out: Path) -> None:
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MANIFEST_NAME).exists())):
-        msg = f"{out}: exists and is not a patient-model folder; refusing to overwrite it"
-        raise InputError(msg)
-
-
-def _write_folder(data: ManifestData, out: Path) -> dict[str, Any]:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+def _write_folder(data: ManifestData, out: Path, inputs: Sequence[Path], force: bool) -> dict[str, Any]:
+    with staging_folder(out) as staging:
         (staging / MESH_DIR).mkdir()
         meshes = [entry.mesh for entry in data.meshes]
         write_glb(
@@ -296,19 +305,5 @@ def _write_folder(data: ManifestData, out: Path) -> dict[str, Any]:
         manifest = build_manifest(data, staging)
         write_manifest(manifest, staging)
         staging.chmod(0o755)  # mkdtemp makes it private; the model is meant to be shared
-        _replace(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        replace_folder(staging, out, inputs, force=force)
     return manifest
-
-
-def _replace(staging: Path, out: Path) -> None:
-    """Swap the finished folder in; the previous model is removed only after the swap."""
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{time.time_ns()}")
-        out.rename(old)
-        staging.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        staging.rename(out)

@@ -1,0 +1,260 @@
+"""``--out`` never destroys what scrubin did not write (issue 15, item 1).
+
+A folder is replaced only when it is a complete patient model by its own manifest (schema,
+file list, sizes and sha256); never the input, a folder above it or one inside it; never a
+folder holding files its manifest does not list. ``--force`` only lets a scrubin model whose
+files were changed or removed be replaced.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from dicom_factory import head_like_volume, write_series
+from imaging_fixtures import load_manifest, run_cli
+
+from imaging.errors import ImagingError, OutputError
+from imaging.geometry import Geometry
+from imaging.output_folder import check_destination
+from imaging.prepare import PrepareOptions, prepare_path, prepare_volume
+from imaging.volume import SourceInfo, Volume
+
+SMALL = PrepareOptions(segments=("skin",), triangle_budget=2_000)
+
+
+def _volume() -> Volume:
+    voxels = head_like_volume((12, 32, 32), radius=10.0)
+    geometry = Geometry((32, 32, 12), (1.0, 1.0, 2.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    return Volume(voxels, geometry, SourceInfo("nrrd"))
+
+
+def _model(out: Path, options: PrepareOptions = SMALL) -> dict[str, object]:
+    return prepare_volume(_volume(), out, options, study_id="study-test").manifest
+
+
+def _snapshot(folder: Path) -> dict[str, str]:
+    """Every file below ``folder`` (relative name -> sha256), to prove nothing changed."""
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def _ct(folder: Path) -> Path:
+    write_series(folder, head_like_volume((12, 32, 32), radius=10.0))
+    return folder
+
+
+def _error_line(result: object) -> str:
+    stderr = getattr(result, "stderr", "")
+    lines = [ln for ln in stderr.splitlines() if ln.strip()]
+    assert getattr(result, "returncode", None) == 2, stderr
+    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
+    assert "Traceback" not in stderr
+    return lines[0]
+
+
+# --- the input is never the destination --------------------------------------------------------
+
+
+def test_cli_out_is_the_input_folder_with_a_manifest_keeps_every_input_file(tmp_path: Path) -> None:
+    """The reported data loss: any file named manifest.json made the input folder 'a model'."""
+    ct = _ct(tmp_path / "ct")
+    _model(tmp_path / "real")
+    shutil.copy(tmp_path / "real" / "manifest.json", ct / "manifest.json")  # even a genuine manifest
+    before = _snapshot(ct)
+    line = _error_line(run_cli("prepare", str(ct), "--out", str(ct), "--segments", "skin"))
+    assert "is the input itself" in line
+    assert _snapshot(ct) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ct", "real"]  # no staging debris
+
+
+def test_cli_out_above_the_input_is_refused(tmp_path: Path) -> None:
+    ct = _ct(tmp_path / "patient" / "ct")
+    (tmp_path / "patient" / "manifest.json").write_text("{}")
+    before = _snapshot(tmp_path / "patient")
+    line = _error_line(run_cli("prepare", str(ct), "--out", str(tmp_path / "patient"), "--segments", "skin"))
+    assert "holds the input" in line
+    assert _snapshot(tmp_path / "patient") == before
+
+
+def test_cli_out_inside_the_input_is_refused_and_not_created(tmp_path: Path) -> None:
+    ct = _ct(tmp_path / "ct")
+    before = _snapshot(ct)
+    line = _error_line(run_cli("prepare", str(ct), "--out", str(ct / "model"), "--segments", "skin"))
+    assert "inside the input folder" in line
+    assert _snapshot(ct) == before and not (ct / "model").exists()
+
+
+@pytest.mark.parametrize("which", ["labels", "label_names"])
+def test_folder_of_a_label_input_is_refused_before_anything_is_read(tmp_path: Path, which: str) -> None:
+    ct = _ct(tmp_path / "ct")
+    folder = tmp_path / "inputs"
+    folder.mkdir()
+    extra = folder / ("seg.nrrd" if which == "labels" else "names.json")
+    extra.write_text("{}")
+    (folder / "manifest.json").write_text("{}")
+    options = PrepareOptions(segments=("skin",), **{f"{which}_path": extra})  # type: ignore[arg-type]
+    with pytest.raises(OutputError, match=rf"inputs: holds the input .*{extra.name}"):
+        prepare_path(ct, folder, options)
+    assert extra.read_text() == "{}" and (folder / "manifest.json").read_text() == "{}"
+
+
+def test_relative_and_symlinked_spellings_of_the_input_are_recognised(tmp_path: Path) -> None:
+    ct = _ct(tmp_path / "ct")
+    (tmp_path / "link").symlink_to(ct)
+    with pytest.raises(OutputError, match="is the input itself"):
+        check_destination(tmp_path / "link", (ct,))
+    with pytest.raises(OutputError, match="is the input itself"):
+        check_destination(ct / ".." / "ct", (ct,))
+
+
+# --- what may be replaced ------------------------------------------------------------------------
+
+
+def test_complete_model_is_replaced_without_force(tmp_path: Path) -> None:
+    out = tmp_path / "model"
+    first = _model(out)
+    second = _model(out, PrepareOptions(segments=("skin",), triangle_budget=3_000))
+    assert load_manifest(out)["triangle_budget"] == 3_000 != first["triangle_budget"]
+    assert second["files"] == load_manifest(out)["files"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+def test_empty_folder_is_used(tmp_path: Path) -> None:
+    out = tmp_path / "empty"
+    out.mkdir()
+    _model(out)
+    assert (out / "model.glb").is_file()
+
+
+def test_unlisted_files_are_named_and_never_replaced_even_with_force(tmp_path: Path) -> None:
+    out = tmp_path / "model"
+    _model(out)
+    (out / "notes.txt").write_text("surgeon's notes")
+    (out / "scan").mkdir()
+    (out / "scan" / "IM0001.dcm").write_bytes(b"precious")
+    before = _snapshot(out)
+    for force in (False, True):
+        with pytest.raises(
+            OutputError, match=r"model: holds 2 files? its manifest does not list \(notes\.txt, scan/IM0001\.dcm\)"
+        ):
+            _model(out, PrepareOptions(segments=("skin",), triangle_budget=2_000, force=force))
+    assert _snapshot(out) == before
+
+
+def test_unlisted_empty_folder_and_symlink_are_named(tmp_path: Path) -> None:
+    out = tmp_path / "model"
+    _model(out)
+    (out / "keep").mkdir()
+    (out / "link.glb").symlink_to(tmp_path)
+    with pytest.raises(OutputError, match=r"\(keep, link\.glb\)"):
+        check_destination(out, (), force=True)
+
+
+@pytest.mark.parametrize(
+    ("manifest", "reason"),
+    [
+        (None, "no manifest.json"),
+        ("{}", "manifest.json is not a scrubin patient-model manifest"),
+        ("[1, 2", "manifest.json is not valid JSON"),
+        ('{"kind": "scrubin.patient_model", "schema_version": 99, "files": {}}', "schema version 99"),
+        ('{"kind": "scrubin.patient_model", "schema_version": 1, "files": {"../x": {}}}', "'../x'"),
+    ],
+)
+def test_folder_that_is_not_a_model_is_refused_even_with_force(
+    tmp_path: Path, manifest: str | None, reason: str
+) -> None:
+    out = tmp_path / "thesis"
+    out.mkdir()
+    (out / "chapter1.docx").write_text("precious")
+    if manifest is not None:
+        (out / "manifest.json").write_text(manifest)
+    before = _snapshot(out)
+    for force in (False, True):
+        with pytest.raises(OutputError, match=r"thesis: exists and is not a patient-model folder \(") as info:
+            _model(out, PrepareOptions(segments=("skin",), triangle_budget=2_000, force=force))
+        assert reason in str(info.value)
+    assert _snapshot(out) == before
+
+
+@pytest.mark.parametrize("damage", ["changed", "missing", "resized"])
+def test_model_whose_files_changed_needs_force(tmp_path: Path, damage: str) -> None:
+    out = tmp_path / "model"
+    _model(out)
+    stl = out / "meshes" / "skin.stl"
+    if damage == "changed":
+        data = bytearray(stl.read_bytes())
+        data[100] ^= 0xFF
+        stl.write_bytes(bytes(data))
+    elif damage == "missing":
+        stl.unlink()
+    else:
+        stl.write_bytes(stl.read_bytes() + b"edited")
+    before = _snapshot(out)
+    expected = {"changed": "sha256 differs", "missing": "missing", "resized": "size differs"}[damage]
+    with pytest.raises(OutputError, match=rf"no longer match its manifest \(meshes/skin\.stl: {expected}\).*--force"):
+        _model(out)
+    assert _snapshot(out) == before
+    _model(out, PrepareOptions(segments=("skin",), triangle_budget=2_000, force=True))
+    assert set(_snapshot(out)) == {"manifest.json", "model.glb", "meshes/skin.ply", "meshes/skin.stl"}
+    check_destination(out)  # a complete model again
+
+
+def test_out_that_is_a_file_or_a_symlink_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(OutputError, match=r"file: exists and is not a folder"):
+        check_destination(tmp_path / "file")
+    _model(tmp_path / "model")
+    (tmp_path / "alias").symlink_to(tmp_path / "model")
+    with pytest.raises(OutputError, match=r"alias: is a symbolic link"):
+        check_destination(tmp_path / "alias")
+
+
+def test_files_added_while_preparing_are_never_replaced(tmp_path: Path) -> None:
+    """The check is repeated just before the swap: a file copied in meanwhile survives."""
+    from imaging.prepare import _Timer
+
+    out = tmp_path / "model"
+    _model(out)
+
+    def drop_a_file(stage: str) -> None:
+        if stage == "write":
+            (out / "late.dcm").write_bytes(b"copied in while meshing")
+
+    with pytest.raises(OutputError, match=r"holds 1 file its manifest does not list \(late\.dcm\)"):
+        prepare_volume(_volume(), out, SMALL, study_id="study-test", timer=_Timer(drop_a_file))
+    assert (out / "late.dcm").read_bytes() == b"copied in while meshing"
+    assert json.loads((out / "manifest.json").read_text())["kind"] == "scrubin.patient_model"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no staging debris
+
+
+def test_replacement_removes_only_what_the_old_manifest_listed(tmp_path: Path) -> None:
+    out = tmp_path / "model"
+    _model(out)
+    np.save(tmp_path / "unrelated.npy", np.arange(3))
+    _model(out)
+    assert (tmp_path / "unrelated.npy").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "unrelated.npy"]
+
+
+def test_cli_force_replaces_a_changed_model_and_error_is_one_line_without(tmp_path: Path) -> None:
+    ct = _ct(tmp_path / "ct")
+    out = tmp_path / "model"
+    _model(out)
+    (out / "model.glb").write_bytes(b"glTF edited")
+    line = _error_line(run_cli("prepare", str(ct), "--out", str(out), "--segments", "skin"))
+    assert "no longer match its manifest (model.glb: size differs)" in line and "--force" in line
+    result = run_cli("prepare", str(ct), "--out", str(out), "--segments", "skin", "--force")
+    assert result.returncode == 0, result.stderr
+    assert load_manifest(out)["source"]["format"] == "dicom"
+
+
+def test_output_error_is_an_imaging_error() -> None:
+    assert issubclass(OutputError, ImagingError)
