@@ -83,6 +83,7 @@ class FastSlice:
     slope: float
     intercept: float
     pixel_offset: int
+    sop_class: str = ""  # Media Storage SOP Class UID of the file meta
 
 
 def read_fast_header(path: Path) -> FastSlice | None:
@@ -117,18 +118,24 @@ def has_dicom_preamble(path: Path) -> bool:
         return False
 
 
-def is_dicomdir(path: Path) -> bool:
-    """True for a DICOMDIR (whatever its file name), which a series scan skips."""
+def sop_class_of(path: Path) -> str:
+    """The Media Storage SOP Class UID of a Part 10 file's meta group, or "" when the file
+    has none or it cannot be parsed (the series scan then lets pydicom judge the file)."""
     try:
         with path.open("rb") as handle:
             data = handle.read(4096)
         if len(data) < 132 or data[128:132] != b"DICM":
-            return False
+            return ""
         values: dict[str, bytes] = {}
         _read_elements(data, 132, explicit=True, values=values, meta_only=True)
-        return _text(values, "sop_class") == DICOMDIR_SOP_CLASS
+        return _text(values, "sop_class")
     except (_Unsupported, OSError, struct.error, UnicodeDecodeError):
-        return False
+        return ""
+
+
+def is_dicomdir(path: Path) -> bool:
+    """True for a DICOMDIR (whatever its file name), which a series scan skips."""
+    return sop_class_of(path) == DICOMDIR_SOP_CLASS
 
 
 def _parse(path: Path, data: bytes, size: int) -> FastSlice:
@@ -281,6 +288,7 @@ def _slice(path: Path, values: dict[str, bytes], offset: int, size: int) -> Fast
         slope=float(_text(values, "slope", "1") or "1"),
         intercept=float(_text(values, "intercept", "0") or "0"),
         pixel_offset=offset,
+        sop_class=_text(values, "sop_class"),
     )
 
 

@@ -8,6 +8,7 @@ for missing slices, uneven spacing and gantry tilt, which ITK would otherwise av
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -22,9 +23,9 @@ from imaging.dicom_fast import (
     FastSlice,
     SliceHeader,
     has_dicom_preamble,
-    is_dicomdir,
     read_fast_header,
     read_fast_pixels,
+    sop_class_of,
 )
 from imaging.errors import InputError
 from imaging.geometry import Geometry
@@ -36,6 +37,9 @@ log = logging.getLogger(__name__)
 # Relative tolerance on slice spacing: GDCM positions are printed with ~1e-3 mm precision.
 SPACING_TOLERANCE = 0.02
 TILT_TOLERANCE_DEG = 0.1
+# Image Orientation (Patient) must be two perpendicular unit vectors; DICOM writes them with
+# about 6 decimals, and the geometry check after reading is stricter (1e-4 on D^T D).
+ORIENTATION_TOLERANCE = 1e-3
 
 
 _HEADER_TAGS = (
@@ -47,9 +51,44 @@ _HEADER_TAGS = (
     (0x0028, 0x0011),  # Columns
     (0x0018, 0x1120),  # Gantry/Detector Tilt
     (0x0008, 0x0060),  # Modality
+    (0x0008, 0x0016),  # SOP Class UID (for files whose meta group lacks it)
     (0x0028, 0x0008),  # Number of Frames
 )
 MIN_SLICES_FOR_PARALLEL_READ = 16
+# What a PACS export puts next to the slices that is not an image slice: skipped with a note,
+# never read as a series. (SOP Class UID, kind); a UID ending in "." names a whole family.
+_NON_IMAGE_SOP_CLASSES = (
+    ("1.2.840.10008.1.3.10", "DICOMDIR"),
+    ("1.2.840.10008.5.1.4.1.1.481.1", "RT Image"),
+    ("1.2.840.10008.5.1.4.1.1.481.2", "RT Dose"),
+    ("1.2.840.10008.5.1.4.1.1.481.3", "RT Structure Set"),
+    ("1.2.840.10008.5.1.4.1.1.481.5", "RT Plan"),
+    ("1.2.840.10008.5.1.4.1.1.481.8", "RT Plan"),  # RT Ion Plan
+    ("1.2.840.10008.5.1.4.1.1.481.", "RT object"),
+    ("1.2.840.10008.5.1.4.1.1.88.59", "Key Object Selection"),
+    ("1.2.840.10008.5.1.4.1.1.88.", "Structured Report"),
+    ("1.2.840.10008.5.1.4.1.1.11.", "Presentation State"),
+    ("1.2.840.10008.5.1.4.1.1.9.", "Waveform"),
+    ("1.2.840.10008.5.1.4.1.1.66.4", "Segmentation"),
+    ("1.2.840.10008.5.1.4.1.1.66", "Raw Data"),
+    ("1.2.840.10008.5.1.4.1.1.66.", "Registration"),
+    ("1.2.840.10008.5.1.4.1.1.104.", "Encapsulated Document"),
+)
+# The same kinds by Modality, for files that do not say their SOP class.
+_NON_IMAGE_MODALITIES = {
+    "RTDOSE": "RT Dose",
+    "RTSTRUCT": "RT Structure Set",
+    "RTPLAN": "RT Plan",
+    "RTIMAGE": "RT Image",
+    "RTRECORD": "RT object",
+    "SR": "Structured Report",
+    "KO": "Key Object Selection",
+    "PR": "Presentation State",
+    "SEG": "Segmentation",
+    "REG": "Registration",
+    "DOC": "Encapsulated Document",
+    "ECG": "Waveform",
+}
 # Storage classes whose slices must carry a position (CT, enhanced CT, MR, enhanced MR, PET,
 # NM); a file of one of these classes without it is truncated or damaged, never skipped.
 _VOLUME_SOP_CLASSES = frozenset(
@@ -75,22 +114,72 @@ class SeriesEntry:
     def files(self) -> tuple[str, ...]:
         return tuple(s.file for s in self.slices)
 
+    @property
+    def name(self) -> str:
+        """The series' keyed pseudonym (the manifest's ``series_key``): shown, never the UID."""
+        return pseudonym(self.uid, "series") if self.uid else BLANK_UID_NAME
 
-SeriesChoice = Callable[[list[SeriesEntry], SeriesEntry], None]
+    @property
+    def description(self) -> str:
+        """Safe descriptors: modality and slice count."""
+        return f"{self.modality or '?'} {self.n_files} slices"
+
+
+BLANK_UID_NAME = "series-without-uid"  # some anonymisers blank the UID; GDCM groups such slices
+
+
+@dataclass(frozen=True)
+class FolderScan:
+    """What one pass over a DICOM folder found: image series, largest first, and what it skipped."""
+
+    series: list[SeriesEntry]
+    skipped: dict[str, int]  # DICOM objects that are not image slices, by kind (RT Dose, ...)
+    not_dicom: int = 0  # files that are not DICOM at all
+
+    def note(self) -> str:
+        """One line on what was skipped, or "" when nothing was."""
+        parts = []
+        if self.skipped:
+            n = sum(self.skipped.values())
+            kinds = ", ".join(f"{kind} {count}" for kind, count in sorted(self.skipped.items()))
+            what = "DICOM object that is not an image slice" if n == 1 else "DICOM objects that are not image slices"
+            parts.append(f"skipped {n} {what}: {kinds}")
+        if self.not_dicom:
+            parts.append(
+                f"ignored {self.not_dicom} {'file that is' if self.not_dicom == 1 else 'files that are'} not DICOM"
+            )
+        return "; ".join(parts)
+
+
+SeriesChoice = Callable[[FolderScan, SeriesEntry], None]
+
+
+def non_image_kind(sop_class: str, modality: str) -> str | None:
+    """What a DICOM object is when it is not an image slice (RT Dose, Structured Report...)."""
+    for uid, kind in _NON_IMAGE_SOP_CLASSES:
+        if sop_class == uid or (uid.endswith(".") and sop_class.startswith(uid)):
+            return kind
+    return None if sop_class else _NON_IMAGE_MODALITIES.get(modality.strip().upper())
 
 
 def list_series(folder: Path) -> list[SeriesEntry]:
-    """Every DICOM series in ``folder`` (not recursive), largest first.
+    """Every DICOM image series in ``folder`` (not recursive), largest first."""
+    return scan_folder(folder).series
+
+
+def scan_folder(folder: Path) -> FolderScan:
+    """The image series in ``folder`` (not recursive), largest first, and what was skipped.
 
     One pass over the headers, no pixels: parsed from the bytes where every file allows it
     (``dicom_fast``), else with pydicom (only the tags needed). Either way it is about twice
     as fast as GDCM's two directory scans and gives the per-slice positions to check before
-    any pixel is read. Files that are not DICOM are ignored, as GDCM does.
+    any pixel is read. Files that are not DICOM are ignored, as GDCM does; DICOM objects that
+    are not image slices (RT, reports, presentation states, DICOMDIR) are skipped and counted.
     """
     files = _folder_files(folder)
-    entries = _scan_fast(files)
-    if entries is not None:
-        return entries
+    scan = _scan_fast(files)
+    if scan is not None:
+        return scan
     # pydicom parses whatever it is given (deep nesting, huge lengths): in a guarded child.
     return run_guarded(folder, "reading the DICOM headers", lambda: _scan(files))
 
@@ -100,16 +189,27 @@ def _folder_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file())
 
 
-def _scan_fast(files: list[Path]) -> list[SeriesEntry] | None:
+def _scan_fast(files: list[Path]) -> FolderScan | None:
     """Headers parsed straight from the bytes (see ``dicom_fast``), or None when any DICOM
-    file in the folder is not for the fast path (then pydicom reads them all)."""
+    image file in the folder is not for the fast path (then pydicom reads them all)."""
     groups: dict[str, list[FastSlice]] = {}
+    skipped: Counter[str] = Counter()
+    not_dicom = 0
     for path in files:
         fast = read_fast_header(path)
-        if fast is None:
-            if has_dicom_preamble(path) and not is_dicomdir(path):
-                return None
-            continue  # not DICOM, or a DICOMDIR index: ignored, as GDCM and the pydicom scan do
+        if fast is not None:
+            kind = non_image_kind(fast.sop_class, fast.modality)
+        elif has_dicom_preamble(path):
+            kind = non_image_kind(sop_class_of(path), "")
+            if kind is None:
+                return None  # an image, or damage: pydicom reads it (and names the damage)
+        else:
+            not_dicom += 1  # ignored, as GDCM and the pydicom scan do
+            continue
+        if kind is not None:
+            skipped[kind] += 1
+            continue
+        assert fast is not None
         groups.setdefault(fast.series_uid, []).append(fast)
     entries = []
     for uid, fasts in groups.items():
@@ -117,24 +217,36 @@ def _scan_fast(files: list[Path]) -> list[SeriesEntry] | None:
         headers = _sorted_slices([f.header for f in fasts])
         ordered = tuple(by_file[h.file] for h in headers)
         entries.append(SeriesEntry(uid, ordered[0].study_uid, ordered[0].modality, headers, ordered))
+    return FolderScan(_largest_first(entries), dict(skipped), not_dicom)
+
+
+def _largest_first(entries: list[SeriesEntry]) -> list[SeriesEntry]:
     return sorted(entries, key=lambda e: (-e.n_files, e.uid))
 
 
-def _scan(files: list[Path]) -> list[SeriesEntry]:
+def _scan(files: list[Path]) -> FolderScan:
     groups: dict[str, list[SliceHeader]] = {}
     meta: dict[str, tuple[str, str]] = {}
+    skipped: Counter[str] = Counter()
+    not_dicom = 0
     for path in files:
         header = _read_header(path)
         if header is None:
+            not_dicom += 1
+            continue
+        if isinstance(header, str):
+            skipped[header] += 1
             continue
         uid, study, modality, slice_header = header
         groups.setdefault(uid, []).append(slice_header)
         meta.setdefault(uid, (study, modality))
     entries = [SeriesEntry(uid, *meta[uid], _sorted_slices(slices)) for uid, slices in groups.items()]
-    return sorted(entries, key=lambda e: (-e.n_files, e.uid))
+    return FolderScan(_largest_first(entries), dict(skipped), not_dicom)
 
 
-def _read_header(path: Path) -> tuple[str, str, str, SliceHeader] | None:
+def _read_header(path: Path) -> tuple[str, str, str, SliceHeader] | str | None:
+    """(series UID, study UID, modality, slice header) of an image slice; the kind of a DICOM
+    object that is not one (skipped); None for a file that is not DICOM (ignored)."""
     import pydicom
 
     try:
@@ -151,7 +263,11 @@ def _read_header(path: Path) -> tuple[str, str, str, SliceHeader] | None:
     if not has_meta and has_dicom_preamble(path):
         msg = f"{path}: damaged or incomplete DICOM slice (file meta lacks the transfer syntax or SOP class)"
         raise InputError(msg)
-    sop_class = str(getattr(meta, "MediaStorageSOPClassUID", "") or "")
+    sop_class = str(getattr(meta, "MediaStorageSOPClassUID", "") or ds.get("SOPClassUID", "") or "")
+    modality = str(ds.get("Modality", "") or "").strip()
+    kind = non_image_kind(sop_class, modality)
+    if kind is not None:
+        return kind
     if frames != 1 and ("ImagePositionPatient" in ds or sop_class in _VOLUME_SOP_CLASSES):
         msg = f"{path}: (0028,0008) Number of Frames is {frames}; only single-frame slices are supported"
         raise InputError(msg)
@@ -159,7 +275,7 @@ def _read_header(path: Path) -> tuple[str, str, str, SliceHeader] | None:
         if sop_class in _VOLUME_SOP_CLASSES:  # a CT/MR/PET slice without position: truncated
             msg = f"{path}: damaged or incomplete DICOM slice (no Image Position (Patient))"
             raise InputError(msg)
-        return None  # not an image slice (DICOMDIR, report, presentation state...)
+        return f"{modality or 'DICOM'} object without Image Position (Patient)"  # e.g. a screenshot
     # Some anonymisers blank the UID; such slices form one series, as GDCM groups them.
     uid = str(ds.get("SeriesInstanceUID", "") or "").strip()
     position = _numbers(ds.get("ImagePositionPatient"), 3, path, "(0020,0032) Image Position (Patient)")
@@ -169,7 +285,7 @@ def _read_header(path: Path) -> tuple[str, str, str, SliceHeader] | None:
         msg = f"{path}: invalid image size Rows={rows} Columns={columns}"
         raise InputError(msg)
     header = SliceHeader(str(path), (position[0], position[1], position[2]), tuple(orientation), rows, columns, tilt)
-    return uid, str(ds.get("StudyInstanceUID", "")).strip(), str(ds.get("Modality", "")).strip(), header
+    return uid, str(ds.get("StudyInstanceUID", "")).strip(), modality, header
 
 
 def _numbers(value: object, n: int, path: Path, tag: str) -> list[float]:
@@ -219,19 +335,24 @@ def _refuse_empty_files(folder: Path) -> None:
             raise InputError(msg)
 
 
-def choose_series(folder: Path, entries: list[SeriesEntry], series_uid: str | None) -> SeriesEntry:
+def choose_series(folder: Path, scan: FolderScan, wanted: str | None) -> SeriesEntry:
+    """The series named ``wanted`` (its pseudonym, as ``scrubin series`` shows it, or its
+    full Series Instance UID), else the largest. A UID given is never quoted back."""
+    entries = scan.series
     if not entries:
-        msg = f"{folder}: no DICOM image series found"
+        note = scan.note()
+        msg = f"{folder}: no DICOM image series found" + (f" ({note})" if note else "")
         raise InputError(msg)
-    if series_uid is None:
+    if wanted is None:
         if len(entries) > 1:
-            log.info("%d series in %s; taking the largest (%d files)", len(entries), folder, entries[0].n_files)
+            log.info("%d series in the folder; taking the largest, %s", len(entries), entries[0].name)
         return entries[0]
     for entry in entries:
-        if entry.uid == series_uid:
+        if wanted.strip() in (entry.uid, entry.name):
             return entry
-    known = ", ".join(e.uid for e in entries)
-    msg = f"{folder}: series {series_uid!r} not found (series here: {known})"
+    known = ", ".join(f"{e.name} {e.description}" for e in entries)
+    given = f"is named {wanted!r}" if wanted.startswith("series-") else "has the UID given"
+    msg = f"{folder}: --series: no series here {given} (series here: {known})"
     raise InputError(msg)
 
 
@@ -240,9 +361,10 @@ def check_series(folder: Path, entry: SeriesEntry, memory_budget_bytes: int) -> 
     from imaging.load import check_memory_budget
 
     if entry.n_files < 2:
-        msg = f"{folder}: series {entry.uid} has a single slice; a 3D volume needs at least 2"
+        msg = f"{folder}: series {entry.name} has a single slice; a 3D volume needs at least 2"
         raise InputError(msg)
     first = entry.slices[0]
+    _check_orientation(first)
     check_memory_budget(folder, (first.columns, first.rows, entry.n_files), memory_budget_bytes)
     for s in entry.slices:
         if abs(s.tilt_deg) > TILT_TOLERANCE_DEG:
@@ -258,16 +380,27 @@ def check_series(folder: Path, entry: SeriesEntry, memory_budget_bytes: int) -> 
     check_slice_positions(folder, positions, np.asarray(first.orientation))
 
 
+def _check_orientation(header: SliceHeader) -> None:
+    """Row and column directions must be perpendicular unit vectors (not zeros, not parallel)."""
+    rows_cols = np.asarray(header.orientation, dtype=np.float64).reshape(2, 3)
+    if not np.allclose(rows_cols @ rows_cols.T, np.eye(2), atol=ORIENTATION_TOLERANCE):
+        shown = "\\".join(f"{v:g}" for v in header.orientation)
+        msg = f"{header.file}: tag (0020,0037) Image Orientation (Patient) is not two perpendicular unit vectors, got {shown}"
+        raise InputError(msg)
+
+
 def load_series(
     folder: Path, *, series_uid: str | None, memory_budget_bytes: int, on_series: SeriesChoice | None = None
 ) -> Volume:
-    """Read the chosen series; ``on_series(all_series, chosen)`` lets a caller say which was used."""
+    """Read the chosen series; ``on_series(scan, chosen)`` lets a caller say which was used.
+
+    ``series_uid`` is the series' full UID or its pseudonym (``SeriesEntry.name``)."""
     from imaging.load import volume_from_array
 
-    entries = list_series(folder)
-    entry = choose_series(folder, entries, series_uid)
+    scan = scan_folder(folder)
+    entry = choose_series(folder, scan, series_uid)
     if on_series is not None:
-        on_series(entries, entry)
+        on_series(scan, entry)
     check_series(folder, entry, memory_budget_bytes)
     fast_voxels = read_fast_pixels(list(entry.fast)) if entry.fast is not None else None
     voxels: npt.NDArray[np.generic]
@@ -327,6 +460,10 @@ def read_pixels(folder: Path, files: tuple[str, ...]) -> tuple[npt.NDArray[np.ge
     except RuntimeError as exc:
         msg = f"{folder}: DICOM pixel data could not be read ({itk_reason(exc)})"
         raise InputError(msg) from None
+    components = parts[0].GetNumberOfComponentsPerPixel()
+    if components != 1:
+        msg = f"{folder}: slices have {components} samples per pixel (a colour image); a CT slice has 1"
+        raise InputError(msg)
     if len({(p.GetPixelID(), p.GetSize()[:2]) for p in parts}) != 1:
         msg = f"{folder}: slices of one series decode to different pixel types or sizes"
         raise InputError(msg)
