@@ -1,13 +1,15 @@
 """Names and colours for label-map values.
 
 A table is optional: a JSON object ``{"1": "spleen", ...}`` (or ``{"1": {"name": ...,
-"color": [r, g, b, a]}}``) or a 3D Slicer colour table (lines ``id name r g b a``, 0-255).
-Unnamed labels are called ``label_<id>``; colours default to a fixed palette.
+"color": [r, g, b, a]}}``, 0..1) or a 3D Slicer colour table (lines ``id name r g b a``,
+0-255). Unnamed labels are called ``label_<id>``; colours default to a fixed palette. A name
+becomes a mesh's file name, so it is at most ``MAX_NAME_CHARS`` characters.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 
@@ -27,6 +29,8 @@ _PALETTE: tuple[RGBA, ...] = (
 SKIN_COLOR: RGBA = (0.96, 0.80, 0.69, 1.0)
 BONE_COLOR: RGBA = (0.95, 0.93, 0.85, 1.0)
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]+")
+MAX_NAME_CHARS = 64  # "meshes/<name>.ply" stays far below a file system's 255-byte name limit
+SLICER_COLOR_MAX = 255
 
 
 def default_color(label: int) -> RGBA:
@@ -63,9 +67,10 @@ def _from_json(path: Path, text: str) -> dict[int, tuple[str, RGBA]]:
     for key, value in raw.items():
         label = _label_id(path, key)
         if isinstance(value, str):
-            table[label] = (safe_name(value), default_color(label))
+            table[label] = (_name(path, key, value), default_color(label))
         elif isinstance(value, dict) and isinstance(value.get("name"), str):
-            table[label] = (safe_name(value["name"]), _color(path, key, value.get("color")) or default_color(label))
+            name = _name(path, key, value["name"])
+            table[label] = (name, _color(path, key, value.get("color")) or default_color(label))
         else:
             msg = f"{path}: label {key!r} must map to a name or {{'name': ..., 'color': [...]}}, got {value!r}"
             raise InputError(msg)
@@ -79,10 +84,32 @@ def _from_slicer_table(path: Path, text: str) -> dict[int, tuple[str, RGBA]]:
         if not parts or parts[0].startswith("#"):
             continue
         label = _label_id(path, parts[0], number)
-        name = safe_name(parts[1]) if len(parts) > 1 else f"label_{label}"
-        rgba = _color(path, parts[0], [float(v) / 255.0 for v in parts[2:6]]) if len(parts) >= 6 else None
+        name = _name(path, parts[0], parts[1], number) if len(parts) > 1 else f"label_{label}"
+        rgba = _slicer_color(path, number, label, parts[2:]) if len(parts) > 2 else None
         table[label] = (name, rgba or default_color(label))
     return table
+
+
+def _name(path: Path, key: str, name: str, line: int | None = None) -> str:
+    where = f" line {line}" if line else ""
+    if len(name) > MAX_NAME_CHARS:
+        msg = f"{path}{where}: label {key!r}: name of {len(name)} characters; at most {MAX_NAME_CHARS}"
+        raise InputError(msg)
+    return safe_name(name)
+
+
+def _slicer_color(path: Path, line: int, label: int, fields: list[str]) -> RGBA:
+    """``r g b a`` of a Slicer colour table line, each 0-255."""
+    try:
+        values = [float(v) for v in fields]
+    except ValueError:
+        values = []
+    if len(values) != 4 or not all(math.isfinite(v) and 0 <= v <= SLICER_COLOR_MAX for v in values):
+        shown = " ".join(fields)
+        msg = f"{path} line {line}: colour of label {label} must be 4 numbers 0-{SLICER_COLOR_MAX}, got {shown!r:.80}"
+        raise InputError(msg)
+    r, g, b, a = (v / SLICER_COLOR_MAX for v in values)
+    return (r, g, b, a)
 
 
 def _label_id(path: Path, key: str, line: int | None = None) -> int:
