@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from scrubin.cli_keys import keys_app
-from scrubin.console import configure_logging, one_line_errors
+from scrubin.console import configure_logging, library_output_to_log, one_line_errors
 
 app = typer.Typer(
     help="scrubin: AR surgical guidance and remote mentoring.", no_args_is_help=True, add_completion=False
@@ -31,13 +31,22 @@ def prepare(
     ] = None,  # noqa: UP007
     out: Annotated[
         Path,
-        typer.Option("--out", "-o", help="Patient-model folder to write (replaced atomically if it holds a model)."),
+        typer.Option(
+            "--out",
+            "-o",
+            help="Patient-model folder to write. An existing one is replaced only if it is a complete scrubin model "
+            "(by its manifest) and holds nothing else; never an input folder, one above or inside it.",
+        ),
     ] = Path("patient-model"),
     phantom: Annotated[
         bool, typer.Option("--phantom", help="Use the built-in SYNTHETIC head phantom instead of INPUT.")
     ] = False,
     series: Annotated[
-        str | None, typer.Option("--series", help="DICOM Series Instance UID to use (default: the largest series).")
+        str | None,
+        typer.Option(
+            "--series",
+            help="DICOM series to use: its name from `scrubin series` or its Series Instance UID (default: the largest).",
+        ),
     ] = None,  # noqa: UP007
     labels: Annotated[
         Path | None,
@@ -50,20 +59,32 @@ def prepare(
     segments: Annotated[
         str, typer.Option("--segments", help="Comma-separated threshold segments to mesh: skin, bone, or none.")
     ] = "skin,bone",
-    budget: Annotated[int, typer.Option("--budget", help="Total triangle budget over all meshes.")] = 200_000,
+    budget: Annotated[
+        str, typer.Option("--budget", metavar="<int>", help="Total triangle budget over all meshes.")
+    ] = "200000",
     max_memory_gb: Annotated[
-        float,
+        str,
         typer.Option(
             "--max-memory-gb",
+            metavar="<float>",
             help="Refuse volumes whose processing would need more memory than this (decided from the header).",
         ),
-    ] = 6.0,
+    ] = "6",
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="Replace an --out scrubin model even if its files no longer match its manifest."),
+    ] = False,
+    show_paths: Annotated[
+        bool, typer.Option("--show-paths", help="Print paths in messages (they can carry a patient's name).")
+    ] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of internal errors.")] = False,
 ) -> None:
     """Turn a CT into a headset-ready patient model: model.glb, meshes/*.ply|stl, manifest.json."""
     from imaging.errors import ImagingError
+    from scrubin.redact import Redactor
 
-    with one_line_errors((ImagingError,), debug):
+    redact = Redactor.for_paths(show_paths, input=input, labels=labels, label_names=label_names, out=out)
+    with one_line_errors((ImagingError, OSError), debug, redact), library_output_to_log(redact):
         from scrubin.prepare_command import run_prepare
 
         run_prepare(
@@ -76,21 +97,28 @@ def prepare(
             segments=segments,
             budget=budget,
             max_memory_gb=max_memory_gb,
+            force=force,
+            redact=redact,
         )
 
 
 @app.command()
 def series(
     folder: Annotated[Path, typer.Argument(help="A folder of DICOM files.")],
+    show_paths: Annotated[
+        bool, typer.Option("--show-paths", help="Print paths in messages (they can carry a patient's name).")
+    ] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of internal errors.")] = False,
 ) -> None:
-    """List the DICOM series in a folder (UID, slices, modality), largest first."""
+    """List the image series in a DICOM folder (name, modality, slices, size), largest first."""
     from imaging.errors import ImagingError
+    from scrubin.redact import Redactor
 
-    with one_line_errors((ImagingError,), debug):
+    redact = Redactor.for_paths(show_paths, input=folder)
+    with one_line_errors((ImagingError, OSError), debug, redact), library_output_to_log(redact):
         from scrubin.prepare_command import run_series
 
-        run_series(folder)
+        run_series(folder, redact)
 
 
 @app.command()

@@ -1,16 +1,32 @@
-"""Entry-point plumbing shared by CLI commands: logging set-up and one-line errors."""
+"""Entry-point plumbing shared by CLI commands: logging set-up and one-line errors.
+
+The error printer cannot itself fail: messages are printed as plain text (never read as
+rich markup), on one line (control characters escaped), after an optional redaction.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
+import re
 import sys
-from collections.abc import Iterator
+import tempfile
+import warnings
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import IO, Any
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 err_console = Console(stderr=True, highlight=False)
+log = logging.getLogger(__name__)
+
+Redact = Callable[[str], str]
+# Line breaks, C0/C1 controls (terminal escape sequences), DEL and bidirectional overrides.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+_LIBRARY_LINES = 20  # lines of captured library output kept for the verbose log
 
 
 def configure_logging(verbose: bool) -> None:
@@ -22,23 +38,137 @@ def configure_logging(verbose: bool) -> None:
     )
 
 
+def one_line(text: str) -> str:
+    """``text`` as one terminal-safe line: control characters, line breaks and bytes that
+    were not valid UTF-8 (file names) are shown as Python escapes (``\\n``, ``\\x1b``)."""
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return _UNSAFE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
+def plain(text: str, style: str = "") -> Text:
+    """A rich ``Text`` of ``text`` on one line: printed as is, never read as markup."""
+    return Text(one_line(text), style=style)
+
+
+def print_error(label: str, message: str) -> None:
+    """``label message`` on stderr; falls back to the raw file descriptor if rich fails."""
+    text = f"{label} {one_line(message)}" if label else one_line(message)
+    try:
+        line = Text.assemble((label, "bold red"), " ", one_line(message)) if label else Text(text)
+        err_console.print(line, soft_wrap=True)
+    except Exception:
+        os.write(2, f"{text}\n".encode("ascii", "backslashreplace"))
+
+
+def _message(exc: BaseException, redact: Redact | None) -> str:
+    try:
+        text = str(exc)
+    except Exception:
+        return f"{exc.__class__.__name__} (its message could not be printed)"
+    if redact is None:
+        return text
+    try:
+        return redact(text)
+    except Exception:
+        return f"{exc.__class__.__name__} (message withheld: it could not be checked for identifiers)"
+
+
 @contextmanager
-def one_line_errors(expected: tuple[type[BaseException], ...], debug: bool = False) -> Iterator[None]:
+def one_line_errors(
+    expected: tuple[type[BaseException], ...], debug: bool = False, redact: Redact | None = None
+) -> Iterator[None]:
     """Expected errors print as ``error: <message>`` (exit 2); anything else as one line
-    naming the exception (exit 3), with the traceback only under ``--debug``."""
+    naming the exception (exit 3), with the traceback only under ``--debug``. ``redact``
+    takes identifiers out of the message first."""
     try:
         yield
     except expected as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
+        print_error("error:", _message(exc, redact))
         raise typer.Exit(2) from None
     except KeyboardInterrupt:
-        err_console.print("interrupted")
+        print_error("", "interrupted")
         raise typer.Exit(130) from None
     except Exception as exc:
         if debug:
             raise
-        err_console.print(
-            f"[bold red]internal error:[/] {exc.__class__.__name__}: {exc} (run with --debug for details)",
-            soft_wrap=True,
+        print_error(
+            "internal error:", f"{exc.__class__.__name__}: {_message(exc, redact)} (run with --debug for details)"
         )
         raise typer.Exit(3) from None
+
+
+class _RedactRecords(logging.Filter):
+    def __init__(self, redact: Redact) -> None:
+        super().__init__()
+        self._redact = redact
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            record.msg = one_line(self._redact(record.getMessage()))
+        except Exception:
+            record.msg = f"(a {record.name} message withheld: it could not be checked for identifiers)"
+        record.args = ()
+        return True
+
+
+@contextmanager
+def library_output_to_log(redact: Redact | None = None) -> Iterator[None]:
+    """What libraries print goes to the log (INFO: shown with ``--verbose``), never straight
+    to the terminal: ITK, GDCM and MetaIO write to file descriptor 2 from C++, numpy warns
+    through Python's ``warnings``. Log records pass through ``redact`` meanwhile."""
+    handlers = [h for h in logging.getLogger().handlers if isinstance(h, logging.StreamHandler)]
+    record_filter = _RedactRecords(redact) if redact is not None else None
+    for handler in handlers:
+        if record_filter is not None:
+            handler.addFilter(record_filter)
+    try:
+        with warnings.catch_warnings(), _native_stderr_captured(handlers):
+            warnings.showwarning = _log_warning
+            yield
+    finally:
+        for handler in handlers:
+            if record_filter is not None:
+                handler.removeFilter(record_filter)
+
+
+def _log_warning(message: Warning | str, category: type[Warning], *_: Any, **__: Any) -> None:
+    log.info("library warning: %s: %s", category.__name__, message)
+
+
+@contextmanager
+def _native_stderr_captured(handlers: list[logging.StreamHandler[Any]]) -> Iterator[None]:
+    """File descriptor 2 into a temporary file; Python's ``sys.stderr`` (the error line, the
+    log) keeps writing to the terminal through a duplicate of the original descriptor."""
+    try:
+        sys.stderr.flush()
+        original_fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # not a real file (a test runner's buffer)
+        yield
+        return
+    old_stderr = sys.stderr
+    terminal: IO[str] = os.fdopen(os.dup(original_fd), "w", encoding="utf-8", errors="backslashreplace", buffering=1)
+    saved_fd = os.dup(2)
+    moved = [h for h in handlers if h.stream is old_stderr]
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        sys.stderr = terminal
+        for handler in moved:
+            handler.setStream(terminal)
+        try:
+            yield
+        finally:
+            terminal.flush()
+            os.dup2(saved_fd, 2)
+            os.close(saved_fd)
+            sys.stderr = old_stderr
+            for handler in moved:
+                handler.setStream(old_stderr)
+            terminal.close()
+            _log_captured(capture)
+
+
+def _log_captured(capture: IO[bytes]) -> None:
+    capture.seek(max(0, capture.seek(0, os.SEEK_END) - 8000))
+    lines = [ln for ln in capture.read().decode("utf-8", "replace").splitlines() if ln.strip()]
+    for line in lines[-_LIBRARY_LINES:]:
+        log.info("library output: %s", line.strip()[:200])

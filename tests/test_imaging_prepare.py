@@ -11,7 +11,7 @@ import pytest
 from conftest import real_data
 from imaging_fixtures import glb_mesh_positions, load_manifest, run_cli
 
-from imaging.errors import InputError, SegmentationError
+from imaging.errors import InputError, OutputError, SegmentationError
 from imaging.geometry import Geometry
 from imaging.mesh_io import read_ply
 from imaging.phantom import HEADREST_BOX_MM, SYNTHETIC_STUDY_ID, make_phantom
@@ -148,7 +148,7 @@ def test_empty_segmentation_refused_and_old_model_kept(phantom_model: Path, tmp_
 def test_refuses_to_overwrite_foreign_folder(tmp_path: Path) -> None:
     (tmp_path / "thesis").mkdir()
     (tmp_path / "thesis" / "chapter1.docx").write_text("precious")
-    with pytest.raises(InputError, match=r"thesis: exists and is not a patient-model folder"):
+    with pytest.raises(OutputError, match=r"thesis: exists and is not a patient-model folder"):
         prepare_phantom(tmp_path / "thesis", PrepareOptions())
 
 
@@ -163,7 +163,11 @@ def test_cli_phantom_summary(tmp_path: Path) -> None:
     ("args", "message"),
     [
         (["prepare", "--out", "X"], "error: give either INPUT or --phantom (exactly one)"),
-        (["prepare", "/no/such/scan.nii.gz", "--out", "X"], "error: /no/such/scan.nii.gz: no such file or folder"),
+        (["prepare", "/no/such/scan.nii.gz", "--out", "X"], "error: <input>: no such file or folder"),
+        (
+            ["prepare", "/no/such/scan.nii.gz", "--out", "X", "--show-paths"],
+            "error: /no/such/scan.nii.gz: no such file or folder",
+        ),
         (
             ["prepare", "--phantom", "--segments", "skin,liver", "--out", "X"],
             "error: --segments: unknown segment 'liver' (choose from skin, bone)",
@@ -186,7 +190,7 @@ def test_cli_bad_file_is_one_line(tmp_path: Path) -> None:
     result = run_cli("prepare", str(bad), "--out", str(tmp_path / "out"))
     assert result.returncode == 2
     lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith(f"error: {bad}: not a readable nifti image")
+    assert len(lines) == 1 and lines[0].startswith("error: <input>: not a readable nifti image")
 
 
 @pytest.mark.realdata
@@ -214,18 +218,19 @@ def test_totalsegmentator_label_map_meshes(tmp_path: Path) -> None:
 def test_cli_lists_series_and_prepares_the_chosen_one(tmp_path: Path) -> None:
     from dicom_factory import head_like_volume, write_series
 
+    from imaging.deid import pseudonym
+
     dicom = tmp_path / "dicom"
     write_series(dicom, head_like_volume((20, 48, 48)), series_uid="1.2.3.4.500", prefix="A")
     write_series(dicom, head_like_volume((10, 48, 48), radius=12.0), series_uid="1.2.3.4.600", prefix="B")
+    big, small = pseudonym("1.2.3.4.500", "series"), pseudonym("1.2.3.4.600", "series")
     listing = run_cli("series", str(dicom))
     assert listing.returncode == 0, listing.stderr
-    assert listing.stdout.index("1.2.3.4.500") < listing.stdout.index("1.2.3.4.600")  # largest first
+    assert listing.stdout.index(big) < listing.stdout.index(small)  # largest first
     assert "48x48x20" in listing.stdout and "48x48x10" in listing.stdout
-    result = run_cli(
-        "prepare", str(dicom), "--series", "1.2.3.4.600", "--segments", "skin", "--out", str(tmp_path / "m")
-    )
+    result = run_cli("prepare", str(dicom), "--series", small, "--segments", "skin", "--out", str(tmp_path / "m"))
     assert result.returncode == 0, result.stderr
-    assert "2 DICOM series" in result.stdout and "-> 1.2.3.4.600  10 slices" in result.stdout
+    assert "2 DICOM series" in result.stdout and f"-> {small}  CT  10 slices" in result.stdout
     skin = load_manifest(tmp_path / "m")["meshes"][0]
     assert skin["bounds_mm"][1][0] - skin["bounds_mm"][0][0] < 30.0  # the small (radius 12) series
     assert load_manifest(tmp_path / "m")["source"]["n_files"] == 10

@@ -106,7 +106,7 @@ def test_whole_corpus_in_one_process_under_a_memory_cap(tmp_path: Path) -> None:
 def test_cli_prints_one_error_line_and_leaves_no_folder(tmp_path: Path, name: str) -> None:
     case = build_case(builder(name), tmp_path / "in")
     out = tmp_path / "model"
-    result = run_cli("prepare", str(case.path), "--out", str(out))
+    result = run_cli("prepare", str(case.path), "--out", str(out), "--show-paths")  # the file is named
     assert result.returncode == 2, result.stderr
     lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr

@@ -1,0 +1,227 @@
+"""One clean line for every failure of ``scrubin prepare`` (issue 15, item 4).
+
+The error printer cannot itself fail: markup in paths and values is printed, never
+interpreted; control characters and undecodable bytes are escaped onto one line; every
+option is validated with one line naming it; what libraries print (ITK, numpy warnings)
+never reaches the terminal.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+import SimpleITK as sitk
+import typer
+from dicom_factory import head_like_volume, write_series
+from imaging_fixtures import run_cli
+
+from imaging.deid import pseudonym
+from imaging.errors import InputError
+from imaging.label_table import load_label_table
+from scrubin.console import one_line, one_line_errors
+
+
+def _error_line(result: subprocess.CompletedProcess[str], code: int = 2) -> str:
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert result.returncode == code, result.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.stderr + result.stdout and "Warning" not in result.stderr
+    return lines[0]
+
+
+def _junk_folder(folder: Path) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "readme.txt").write_text("not DICOM")
+    return folder
+
+
+# --- the printer ---------------------------------------------------------------------------------
+
+
+def test_printer_shows_markup_and_control_characters_literally(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(typer.Exit) as info, one_line_errors((ValueError,)):
+        raise ValueError("a [/] b [bold]c[/bold] :smile: d\ne\x1b[31m")
+    assert info.value.exit_code == 2
+    assert capsys.readouterr().err == "error: a [/] b [bold]c[/bold] :smile: d\\ne\\x1b[31m\n"
+
+
+def test_printer_survives_an_exception_that_cannot_be_printed(capsys: pytest.CaptureFixture[str]) -> None:
+    class Unprintable(ValueError):
+        def __str__(self) -> str:
+            raise RuntimeError("no")
+
+    with pytest.raises(typer.Exit) as info, one_line_errors((ValueError,)):
+        raise Unprintable
+    assert info.value.exit_code == 2
+    assert capsys.readouterr().err == "error: Unprintable (its message could not be printed)\n"
+
+
+def test_internal_errors_are_one_line_too(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(typer.Exit) as info, one_line_errors((ValueError,)):
+        raise KeyError("x[/]\ny")
+    assert info.value.exit_code == 3
+    assert capsys.readouterr().err == "internal error: KeyError: 'x[/]\\ny' (run with --debug for details)\n"
+
+
+def test_one_line_escapes_what_would_break_a_line_or_a_terminal() -> None:
+    assert one_line("a\nb\rc\td") == "a\\nb\\rc\\td"
+    assert one_line("x\x1b[2Jy\x7f\u2028z\u202e") == "x\\x1b[2Jy\\x7f\\u2028z\\u202e"
+    assert one_line("bad\udcffname") == "bad\\udcffname"  # an undecodable byte of a file name
+    assert one_line("Ünïcode ok [/]") == "Ünïcode ok [/]"
+
+
+def test_markup_in_an_input_path_is_one_line(tmp_path: Path) -> None:
+    folder = _junk_folder(tmp_path / "a[" / "]b [bold]c")  # the path holds "[/]", which broke rich
+    line = _error_line(run_cli("prepare", str(folder), "--out", str(tmp_path / "o"), "--show-paths"))
+    assert line == f"error: {folder}: no DICOM image series found (ignored 1 file that is not DICOM)"
+
+
+def test_markup_in_the_out_path_of_a_success(tmp_path: Path) -> None:
+    write_series(tmp_path / "ct", head_like_volume((12, 32, 32), radius=10.0))
+    out = tmp_path / "m[/]x [red]"
+    result = run_cli("prepare", str(tmp_path / "ct"), "--segments", "skin", "--out", str(out), "--show-paths")
+    assert result.returncode == 0, result.stderr
+    assert f"wrote {out}" in result.stdout and (out / "model.glb").is_file()
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
+def test_markup_in_a_series_uid_is_never_printed(tmp_path: Path) -> None:
+    """A Series Instance UID holding "[/]" crashed the series listing; now no UID is shown."""
+    folder = tmp_path / "ct"
+    write_series(folder, head_like_volume((12, 32, 32), radius=10.0), series_uid="1.2.3[/]4", prefix="A")
+    write_series(folder, head_like_volume((6, 32, 32), radius=10.0), series_uid="1.2.3[bold]5", prefix="B")
+    result = run_cli("prepare", str(folder), "--segments", "skin", "--out", str(tmp_path / "m"))
+    assert result.returncode == 0, result.stderr
+    assert "[/]" not in result.stdout and "Traceback" not in result.stderr
+    assert f"-> {pseudonym('1.2.3[/]4', 'series')}" in result.stdout
+    listing = run_cli("series", str(folder))
+    assert listing.returncode == 0 and pseudonym("1.2.3[bold]5", "series") in listing.stdout, listing.stderr
+
+
+def test_newline_and_escape_in_a_folder_name_stay_on_one_line(tmp_path: Path) -> None:
+    folder = _junk_folder(tmp_path / "line1\nline2\x1b[31m")
+    line = _error_line(run_cli("prepare", str(folder), "--out", str(tmp_path / "o"), "--show-paths"))
+    assert "line1\\nline2\\x1b[31m: no DICOM image series found" in line
+
+
+def test_undecodable_folder_name_is_one_line(tmp_path: Path) -> None:
+    folder = os.fsdecode(os.fsencode(tmp_path) + b"/bad\xffname")
+    _junk_folder(Path(folder))
+    line = _error_line(run_cli("prepare", folder, "--out", str(tmp_path / "o"), "--show-paths"))
+    assert "bad\\udcffname: no DICOM image series found" in line
+
+
+# --- options -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "start"),
+    [
+        (["--max-memory-gb", "nan"], "error: --max-memory-gb: must be a finite number of GB above 0"),
+        (["--max-memory-gb", "inf"], "error: --max-memory-gb: must be a finite number of GB above 0"),
+        (["--max-memory-gb", "-1"], "error: --max-memory-gb: must be a finite number of GB above 0"),
+        (["--max-memory-gb", "0"], "error: --max-memory-gb: must be a finite number of GB above 0"),
+        (["--max-memory-gb", "lots"], "error: --max-memory-gb: must be a finite number of GB above 0"),
+        (["--max-memory-gb", "5000"], "error: --max-memory-gb: at most 1024 GB"),
+        (["--budget", "1e20"], "error: --budget: must be a whole number of triangles, got '1e20'"),
+        (["--budget", "2.5"], "error: --budget: must be a whole number of triangles, got '2.5'"),
+        (["--budget", "100000000000000000000"], "error: --budget: at most 10,000,000 triangles"),
+        (["--budget", "10000000000"], "error: --budget: at most 10,000,000 triangles"),
+        (["--budget", "-5"], "error: --budget: at least 2000 triangles, got -5"),
+        (["--series", ""], "error: --series: must name a series"),
+    ],
+)
+def test_options_are_validated_on_one_line(tmp_path: Path, args: list[str], start: str) -> None:
+    line = _error_line(run_cli("prepare", "--phantom", "--out", str(tmp_path / "o"), *args))
+    assert line.startswith(start), line
+    assert not (tmp_path / "o").exists()
+
+
+# --- content that used to escape as internal errors or library noise -----------------------------
+
+
+def test_rgb_series_is_a_clean_refusal(tmp_path: Path) -> None:
+    paths = write_series(tmp_path / "rgb", head_like_volume((6, 16, 16)))
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
+        ds.PixelData = np.zeros((16, 16, 3), np.uint8).tobytes()
+        del ds.RescaleIntercept, ds.RescaleSlope
+        ds.save_as(path)
+    line = _error_line(run_cli("prepare", str(tmp_path / "rgb"), "--out", str(tmp_path / "o")))
+    assert "3 samples per pixel" in line and "a CT slice has 1" in line
+
+
+def test_short_detached_metaimage_data_is_one_line_without_itk_output(tmp_path: Path) -> None:
+    sitk.WriteImage(sitk.GetImageFromArray(head_like_volume((10, 32, 32))), str(tmp_path / "ct.mhd"))
+    raw = tmp_path / "ct.raw"
+    raw.write_bytes(raw.read_bytes()[:1000])
+    result = run_cli("prepare", str(tmp_path / "ct.mhd"), "--out", str(tmp_path / "o"))
+    line = _error_line(result)
+    assert "MetaImage" not in result.stderr and "ideal" not in result.stderr
+    assert "No such file or directory" not in line
+
+
+def test_zero_image_orientation_is_named_without_a_numpy_warning(tmp_path: Path) -> None:
+    write_series(tmp_path / "iop", head_like_volume((6, 16, 16)), orientation=(0.0,) * 6)
+    result = run_cli("prepare", str(tmp_path / "iop"), "--out", str(tmp_path / "o"))
+    line = _error_line(result)
+    assert "(0020,0037) Image Orientation (Patient)" in line and "two perpendicular unit vectors" in line
+    assert "RuntimeWarning" not in result.stderr
+
+
+def test_library_output_is_kept_for_verbose_logs(tmp_path: Path) -> None:
+    sitk.WriteImage(sitk.GetImageFromArray(head_like_volume((10, 32, 32))), str(tmp_path / "ct.mhd"))
+    raw = tmp_path / "ct.raw"
+    raw.write_bytes(raw.read_bytes()[:1000])
+    result = run_cli("-v", "prepare", str(tmp_path / "ct.mhd"), "--out", str(tmp_path / "o"))
+    assert result.returncode == 2
+    assert "library output: MetaImage" in result.stderr  # logged, not printed raw
+    assert result.stderr.strip().splitlines()[-1].startswith("error: ")
+
+
+# --- label tables --------------------------------------------------------------------------------
+
+
+def test_label_name_too_long_is_refused(tmp_path: Path) -> None:
+    table = tmp_path / "names.json"
+    table.write_text('{"1": "%s"}' % ("a" * 256))
+    with pytest.raises(InputError, match=r"names\.json: label '1': name of 256 characters; at most 64"):
+        load_label_table(table)
+
+
+@pytest.mark.parametrize(
+    ("line", "problem"),
+    [
+        ("1 liver red green blue 255", "'red green blue 255'"),
+        ("1 liver 10 20 300 255", "'10 20 300 255'"),
+        ("1 liver 10 20 nan 255", "'10 20 nan 255'"),
+    ],
+)
+def test_slicer_colour_table_with_bad_colours_is_refused(tmp_path: Path, line: str, problem: str) -> None:
+    table = tmp_path / "colors.txt"
+    table.write_text("# id name r g b a\n" + line + "\n")
+    with pytest.raises(
+        InputError, match=rf"colors\.txt line 2: colour of label 1 must be 4 numbers 0-255, got {problem}"
+    ):
+        load_label_table(table)
+
+
+def test_bad_colour_table_is_one_line_from_the_cli(tmp_path: Path) -> None:
+    write_series(tmp_path / "ct", head_like_volume((12, 32, 32), radius=10.0))
+    labels = np.zeros((12, 32, 32), np.uint8)
+    labels[3:8, 10:20, 10:20] = 1
+    image = sitk.GetImageFromArray(labels)
+    image.SetOrigin((-50.0, -60.0, -20.0))
+    image.SetSpacing((1.0, 1.0, 2.0))
+    sitk.WriteImage(image, str(tmp_path / "labels.nrrd"))
+    (tmp_path / "colors.txt").write_text("1 liver red green blue 255\n")
+    args = ["--labels", str(tmp_path / "labels.nrrd"), "--label-names", str(tmp_path / "colors.txt")]
+    result = run_cli("prepare", str(tmp_path / "ct"), *args, "--segments", "none", "--out", str(tmp_path / "o"))
+    assert _error_line(result).startswith("error: <label-names> line 1: colour of label 1 must be 4 numbers 0-255")
