@@ -118,6 +118,7 @@ def prepare_path(
     on_series: SeriesChoice | None = None,
 ) -> PreparedModel:
     check_destination(out, options.inputs(source), force=options.force)  # before minutes of work
+    names = label_table.load_label_table(options.label_names_path) if options.label_names_path else None
     timer = _Timer(progress)
     with timer.stage("load"):
         volume = load_ct(
@@ -133,7 +134,15 @@ def prepare_path(
         )
     study_id = volume.source.study_key or "study-unknown"
     return prepare_volume(
-        volume, out, options, study_id=study_id, labels=labels, timer=timer, where=source, inputs=(source,)
+        volume,
+        out,
+        options,
+        study_id=study_id,
+        labels=labels,
+        label_names=names,
+        timer=timer,
+        where=source,
+        inputs=(source,),
     )
 
 

@@ -25,6 +25,15 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
     )
 
 
+def error_line(result: subprocess.CompletedProcess[str], code: int = 2) -> str:
+    """The one ``error: ...`` line a refused command prints (asserting there is no other)."""
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert result.returncode == code, result.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.stderr + result.stdout and "Warning" not in result.stderr
+    return lines[0]
+
+
 def load_manifest(folder: Path) -> dict[str, Any]:
     return json.loads((folder / "manifest.json").read_text())
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from dicom_factory import head_like_volume, write_series
-from imaging_fixtures import load_manifest, run_cli
+from imaging_fixtures import error_line, load_manifest, run_cli
 
 from imaging.deid import pseudonym
 
@@ -67,21 +67,19 @@ def test_refusals_name_neither_the_folder_nor_a_uid(tmp_path: Path) -> None:
     folder = _two_series(tmp_path)
     (folder / "B0003.dcm").write_bytes((folder / "B0003.dcm").read_bytes()[:300])  # damaged slice
     result = run_cli("prepare", str(folder), "--out", str(tmp_path / "m"))
-    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
-    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    line = error_line(result)
     _no_identifiers(result)
     files = sorted(p.name for p in folder.iterdir())
-    assert lines[0].startswith(f"error: <input>/#{files.index('B0003.dcm') + 1}: damaged")
+    assert line.startswith(f"error: <input>/#{files.index('B0003.dcm') + 1}: damaged")
 
 
 def test_unknown_series_lists_pseudonyms(tmp_path: Path) -> None:
     folder = _two_series(tmp_path)
     result = run_cli("prepare", str(folder), "--series", "1.2.826.0.1.3680043.8.498.999", "--out", str(tmp_path / "m"))
-    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
-    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    line = error_line(result)
     _no_identifiers(result)
     big, small = pseudonym(BIG_UID, "series"), pseudonym(SMALL_UID, "series")
-    assert lines[0] == (
+    assert line == (
         f"error: <input>: --series: no series here has the UID given "
         f"(series here: {big} CT 16 slices, {small} CT 8 slices)"
     )
@@ -92,9 +90,8 @@ def test_show_paths_opts_in_to_paths_but_never_uids(tmp_path: Path) -> None:
     result = run_cli(
         "prepare", str(folder), "--series", "series-0000000000000000", "--show-paths", "--out", str(tmp_path / "m")
     )
-    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
-    assert result.returncode == 2 and len(lines) == 1, result.stderr
-    assert lines[0].startswith(f"error: {folder}: --series: no series here is named 'series-0000000000000000'")
+    line = error_line(result)
+    assert line.startswith(f"error: {folder}: --series: no series here is named 'series-0000000000000000'")
     assert BIG_UID not in result.stderr
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from dicom_factory import head_like_volume, write_series
-from imaging_fixtures import load_manifest, run_cli
+from imaging_fixtures import error_line, load_manifest, run_cli
 
 from imaging.errors import ImagingError, OutputError
 from imaging.geometry import Geometry
@@ -51,15 +51,6 @@ def _ct(folder: Path) -> Path:
     return folder
 
 
-def _error_line(result: object) -> str:
-    stderr = getattr(result, "stderr", "")
-    lines = [ln for ln in stderr.splitlines() if ln.strip()]
-    assert getattr(result, "returncode", None) == 2, stderr
-    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
-    assert "Traceback" not in stderr
-    return lines[0]
-
-
 # --- the input is never the destination --------------------------------------------------------
 
 
@@ -69,7 +60,7 @@ def test_cli_out_is_the_input_folder_with_a_manifest_keeps_every_input_file(tmp_
     _model(tmp_path / "real")
     shutil.copy(tmp_path / "real" / "manifest.json", ct / "manifest.json")  # even a genuine manifest
     before = _snapshot(ct)
-    line = _error_line(run_cli("prepare", str(ct), "--out", str(ct), "--segments", "skin"))
+    line = error_line(run_cli("prepare", str(ct), "--out", str(ct), "--segments", "skin"))
     assert "is the input itself" in line
     assert _snapshot(ct) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ct", "real"]  # no staging debris
@@ -79,7 +70,7 @@ def test_cli_out_above_the_input_is_refused(tmp_path: Path) -> None:
     ct = _ct(tmp_path / "patient" / "ct")
     (tmp_path / "patient" / "manifest.json").write_text("{}")
     before = _snapshot(tmp_path / "patient")
-    line = _error_line(run_cli("prepare", str(ct), "--out", str(tmp_path / "patient"), "--segments", "skin"))
+    line = error_line(run_cli("prepare", str(ct), "--out", str(tmp_path / "patient"), "--segments", "skin"))
     assert "holds the input" in line
     assert _snapshot(tmp_path / "patient") == before
 
@@ -87,7 +78,7 @@ def test_cli_out_above_the_input_is_refused(tmp_path: Path) -> None:
 def test_cli_out_inside_the_input_is_refused_and_not_created(tmp_path: Path) -> None:
     ct = _ct(tmp_path / "ct")
     before = _snapshot(ct)
-    line = _error_line(run_cli("prepare", str(ct), "--out", str(ct / "model"), "--segments", "skin"))
+    line = error_line(run_cli("prepare", str(ct), "--out", str(ct / "model"), "--segments", "skin"))
     assert "inside the input folder" in line
     assert _snapshot(ct) == before and not (ct / "model").exists()
 
@@ -249,7 +240,7 @@ def test_cli_force_replaces_a_changed_model_and_error_is_one_line_without(tmp_pa
     out = tmp_path / "model"
     _model(out)
     (out / "model.glb").write_bytes(b"glTF edited")
-    line = _error_line(run_cli("prepare", str(ct), "--out", str(out), "--segments", "skin"))
+    line = error_line(run_cli("prepare", str(ct), "--out", str(out), "--segments", "skin"))
     assert "no longer match its manifest (model.glb: size differs)" in line and "--force" in line
     result = run_cli("prepare", str(ct), "--out", str(out), "--segments", "skin", "--force")
     assert result.returncode == 0, result.stderr

@@ -15,7 +15,7 @@ from pathlib import Path
 import pydicom
 import pytest
 from dicom_factory import head_like_volume, write_series
-from imaging_fixtures import load_manifest, run_cli
+from imaging_fixtures import error_line, load_manifest, run_cli
 from pydicom.data import get_testdata_file
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, generate_uid
@@ -127,9 +127,7 @@ def test_only_non_image_objects_is_a_clear_refusal(tmp_path: Path) -> None:
     shutil.copy(_shipped("rtdose.dcm"), folder / "dose.dcm")
     shutil.copy(_shipped("rtplan.dcm"), folder / "plan.dcm")
     result = run_cli("series", str(folder))
-    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
-    assert result.returncode == 2 and len(lines) == 1, result.stderr
-    assert (
-        lines[0]
-        == "error: <input>: no DICOM image series found (skipped 2 DICOM objects that are not image slices: RT Dose 1, RT Plan 1)"
+    assert error_line(result) == (
+        "error: <input>: no DICOM image series found "
+        "(skipped 2 DICOM objects that are not image slices: RT Dose 1, RT Plan 1)"
     )
