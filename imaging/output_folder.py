@@ -12,6 +12,7 @@ removed file by file (only what its manifest lists), so a file copied in meanwhi
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -146,10 +147,18 @@ def _mismatches(folder: Path, listed: dict[str, dict[str, object]]) -> Iterator[
         path = folder / name
         if path.is_symlink() or not path.is_file():
             yield name, "missing"
-        elif path.stat().st_size != entry.get("bytes"):
+        elif (stat := path.stat()).st_size != entry.get("bytes"):
             yield name, "size differs"
-        elif sha256_file(path) != entry.get("sha256"):
+        elif _sha256(str(path), stat.st_ino, stat.st_size, stat.st_mtime_ns) != entry.get("sha256"):
             yield name, "sha256 differs"
+
+
+@functools.lru_cache(maxsize=1024)
+def _sha256(path: str, inode: int, size: int, mtime_ns: int) -> str:
+    """A file's sha256, computed again only when its inode, size or mtime changed: the
+    destination is checked before the work and again before the swap (~35 ms of hashing
+    each for a 200k-triangle model)."""
+    return sha256_file(Path(path))
 
 
 @contextmanager
