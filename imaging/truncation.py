@@ -112,11 +112,15 @@ def metaimage_truncation(path: Path) -> str | None:
     else:
         return None
     data_file = fields["ElementDataFile"]
+    source, start = path, end
     if data_file != "LOCAL":
         if data_file == "LIST" or "%" in data_file or " " in data_file:
             return None  # slice lists and patterns: ITK checks them
-        target = path.parent / data_file
-        return None if target.is_file() else f"the detached data file {data_file!r} named by the header is missing"
+        source, start = path.parent / data_file, 0
+        if not source.is_file():
+            return f"the detached data file {data_file!r} named by the header is missing"
+        if fields.get("HeaderSize", "0").strip() != "0":
+            return None  # a header inside the data file (-1: at its end): leave the verdict to ITK
     if fields.get("CompressedData", "False").lower() == "true":
         return None  # zlib stream: its length says nothing; ITK's inflate reports a short one
     try:
@@ -125,8 +129,9 @@ def metaimage_truncation(path: Path) -> str | None:
         item = _MET_BYTES[fields["ElementType"]]
     except (KeyError, ValueError):
         return None
-    declared = end + int(np.prod(np.asarray(dims, dtype=np.int64))) * channels * item
-    have = path.stat().st_size
+    declared = start + int(np.prod(np.asarray(dims, dtype=np.int64))) * channels * item
+    have = source.stat().st_size
     if have >= declared:
         return None
-    return f"the header declares {declared} bytes up to the end of the voxels, the file holds {have}"
+    where = "" if source == path else f" of {data_file!r}"
+    return f"the header declares {declared} bytes up to the end of the voxels{where}, the file holds {have}"

@@ -9,6 +9,8 @@ never reaches the terminal.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -169,14 +171,31 @@ def test_zero_image_orientation_is_named_without_a_numpy_warning(tmp_path: Path)
     assert "RuntimeWarning" not in result.stderr
 
 
-def test_library_output_is_kept_for_verbose_logs(tmp_path: Path) -> None:
-    sitk.WriteImage(sitk.GetImageFromArray(head_like_volume((10, 32, 32))), str(tmp_path / "ct.mhd"))
-    raw = tmp_path / "ct.raw"
-    raw.write_bytes(raw.read_bytes()[:1000])
-    result = run_cli("-v", "prepare", str(tmp_path / "ct.mhd"), "--out", str(tmp_path / "o"))
-    assert result.returncode == 2
-    assert "library output: MetaImage" in result.stderr  # logged, not printed raw
-    assert result.stderr.strip().splitlines()[-1].startswith("error: ")
+_NOISY = """
+import os, sys, warnings
+from scrubin.console import configure_logging, library_output_to_log
+configure_logging(verbose=sys.argv[1] == "-v")
+with library_output_to_log():
+    os.write(2, b"MetaImage: M_ReadElementsData: data not read completely\\n")  # as C++ writes it
+    warnings.warn("invalid value encountered in divide", RuntimeWarning)
+print("error: the one line", file=sys.stderr)  # as one_line_errors prints it, after the command
+"""
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_library_output_goes_to_the_log_only(verbose: bool) -> None:
+    """What C++ libraries write to fd 2 and numpy warnings: in the verbose log, never raw."""
+    flag = "-v" if verbose else "-q"
+    result = subprocess.run([sys.executable, "-c", _NOISY, flag], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    assert lines[-1] == "error: the one line"
+    assert not any(ln.startswith("MetaImage") or "RuntimeWarning:" in ln and "library" not in ln for ln in lines)
+    logged = [ln for ln in lines if "INFO scrubin.console: library" in ln]
+    assert len(logged) == (2 if verbose else 0), result.stderr
+    if verbose:
+        assert "library output: MetaImage: M_ReadElementsData: data not read completely" in result.stderr
+        assert "library warning: RuntimeWarning: invalid value encountered in divide" in result.stderr
 
 
 # --- label tables --------------------------------------------------------------------------------
