@@ -1,30 +1,35 @@
 """Read a CT (DICOM series folder, NIfTI, NRRD, MetaImage) into a checked ``Volume``.
 
 Every refusal is an ``InputError`` whose message is one line naming the file and the
-problem. The memory budget is decided from the header, before any pixel is read.
+problem. The memory budget is decided from the header, before any pixel is read; the content
+checks (``checks``, ``dicom_checks``, ``raw_header``) refuse what a reader would fill in.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from imaging import dicom_series
+from imaging import checks, dicom_series, memory
 from imaging.errors import InputError
 from imaging.geometry import Geometry
 from imaging.guarded import run_guarded
+from imaging.raw_header import nifti_nonfinite_voxels, raw_field_problem, read_nifti_header
 from imaging.truncation import data_truncation
 from imaging.volume import SourceInfo, Volume
 
 log = logging.getLogger(__name__)
 
-# Peak bytes the prepare pipeline holds per input voxel (int16 voxels, masks, working copies),
-# measured on bti_demohead_dicom; the budget check multiplies the header's voxel count by it.
-PEAK_BYTES_PER_VOXEL = 8
 DEFAULT_MEMORY_BUDGET_BYTES = 6 * 1024**3
+CT, LABEL_MAP = "ct", "label map"  # what a loaded volume is for: only a CT is checked as one
+DICOM_ITEMSIZE = 2  # GDCM gives 16-bit voxels for a 16-bit CT with an integer rescale
+# Item size of SimpleITK's pixel types, by pixel ID value (scalar types only).
+_ITEMSIZE = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 8, 7: 8, 8: 4, 9: 8}
 
 _FORMATS = {
     ".nii": "nifti",
@@ -46,15 +51,11 @@ def file_format(path: Path) -> str:
     raise InputError(msg)
 
 
-def check_memory_budget(path: Path, size_xyz: tuple[int, ...], budget_bytes: int) -> None:
-    n_voxels = int(np.prod(np.asarray(size_xyz, dtype=np.int64)))
-    need = n_voxels * PEAK_BYTES_PER_VOXEL
-    if need > budget_bytes:
-        msg = (
-            f"{path}: volume of {'x'.join(str(s) for s in size_xyz)} voxels needs about "
-            f"{need / 1024**3:.1f} GiB, over the memory budget of {budget_bytes / 1024**3:.1f} GiB"
-        )
-        raise InputError(msg)
+def check_memory_budget(
+    path: Path, size_xyz: tuple[int, ...], budget_bytes: int, itemsize: int = DICOM_ITEMSIZE
+) -> None:
+    """Refuse from the header a volume whose measured peak per voxel is over the budget."""
+    memory.check_budget(path, size_xyz, itemsize, budget_bytes)
 
 
 def load_ct(
@@ -63,22 +64,61 @@ def load_ct(
     series_uid: str | None = None,
     memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET_BYTES,
     on_series: dicom_series.SeriesChoice | None = None,
+    allowed_modalities: Sequence[str] = (),
+    kind: str = CT,
 ) -> Volume:
     """Load and check a CT volume; geometry stays in patient LPS millimetres.
 
-    For a DICOM folder, ``on_series(all_series, chosen)`` is told which series was taken."""
+    For a DICOM folder, ``on_series(all_series, chosen)`` is told which series was taken.
+    A ``kind=CT`` volume must be CT (or a modality in ``allowed_modalities``: then a warning
+    is kept in ``source.warnings`` for the manifest) with air around the patient; a
+    ``LABEL_MAP`` gets the same geometry and data checks, not the CT content ones."""
     path = Path(path)
     if not path.exists():
         msg = f"{path}: no such file or folder"
         raise InputError(msg)
     if path.is_dir():
-        return dicom_series.load_series(
-            path, series_uid=series_uid, memory_budget_bytes=memory_budget_bytes, on_series=on_series
-        )
-    if series_uid is not None:
+        volume = _load_series(path, series_uid, memory_budget_bytes, on_series, allowed_modalities, kind)
+    elif series_uid is not None:
         msg = f"{path}: --series applies to a DICOM folder, not to a single file"
         raise InputError(msg)
-    return _load_file(path, memory_budget_bytes)
+    else:
+        volume = _load_file(path, memory_budget_bytes)
+    if kind == CT:
+        checks.check_ct_content(path, volume.voxels)
+    return volume
+
+
+def _load_series(
+    folder: Path,
+    series_uid: str | None,
+    budget_bytes: int,
+    on_series: dicom_series.SeriesChoice | None,
+    allowed_modalities: Sequence[str],
+    kind: str,
+) -> Volume:
+    """The series reader, with the content checks of ``dicom_checks`` on the chosen series
+    before its pixels are read (it tells us the choice through ``on_series``)."""
+    from imaging.dicom_checks import check_series_content
+
+    notes: list[str] = []
+
+    def checked(entries: list[dicom_series.SeriesEntry], chosen: dicom_series.SeriesEntry) -> None:
+        if on_series is not None:
+            on_series(entries, chosen)
+        first = chosen.slices[0]
+        check_memory_budget(folder, (first.columns, first.rows, chosen.n_files), budget_bytes)
+        if kind == CT:
+            notes.extend(check_series_content(folder, chosen, allowed_modalities))
+        else:  # a label map has no modality of its own to check; its pixels still do
+            check_series_content(folder, chosen, (chosen.modality,))
+
+    volume = dicom_series.load_series(
+        folder, series_uid=series_uid, memory_budget_bytes=budget_bytes, on_series=checked
+    )
+    if not notes:
+        return volume
+    return dataclasses.replace(volume, source=dataclasses.replace(volume.source, warnings=tuple(notes)))
 
 
 def _load_file(path: Path, budget_bytes: int) -> Volume:
@@ -88,10 +128,9 @@ def _load_file(path: Path, budget_bytes: int) -> Volume:
         msg = f"{path}: empty file (0 bytes)"
         raise InputError(msg)
     fmt = file_format(path)
-    # The header is parsed in a guarded child (memory cap, deadline): a hostile header
-    # cannot hang or exhaust this process; pixels are read here only once it is checked.
-    header = run_guarded(path, f"reading the {fmt} header", lambda: read_header(path, fmt))
-    check_header(path, header, budget_bytes)
+    # The header is parsed and checked in a guarded child (memory cap, deadline): a hostile
+    # header cannot hang or exhaust this process; pixels are read here only once it passed.
+    run_guarded(path, f"reading the {fmt} header", lambda: inspect_file(path, fmt, budget_bytes))
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
@@ -111,7 +150,27 @@ class FileHeader:
     spacing: tuple[float, ...]
     origin: tuple[float, ...]
     direction: tuple[float, ...]
-    truncation: str | None = None  # why the file holds fewer voxel bytes than declared
+    itemsize: int = DICOM_ITEMSIZE  # bytes per voxel component as SimpleITK will load it
+
+
+def inspect_file(path: Path, fmt: str, budget_bytes: int) -> None:
+    """Everything decided before pixels are read (runs in the guarded child): ITK's view of the
+    header, the memory budget, then what ITK would hide (raw fields, truncated or corrupt data,
+    NaN voxels of a float NIfTI)."""
+    check_header(path, read_header(path, fmt), budget_bytes)
+    problem = raw_field_problem(path, fmt)
+    if problem is not None:
+        msg = f"{path}: {problem}"
+        raise InputError(msg)
+    truncation = data_truncation(path, fmt)
+    if truncation is not None:
+        msg = f"{path}: pixel data truncated ({truncation})"
+        raise InputError(msg)
+    nifti = read_nifti_header(path) if fmt == "nifti" else None
+    n_bad = nifti_nonfinite_voxels(path, nifti) if nifti is not None else 0
+    if n_bad:
+        msg = f"{path}: {n_bad} voxels are NaN or infinite (raw float data; ITK would read them as numbers)"
+        raise InputError(msg)
 
 
 def read_header(path: Path, fmt: str) -> FileHeader:
@@ -131,7 +190,7 @@ def read_header(path: Path, fmt: str) -> FileHeader:
         spacing=tuple(float(s) for s in reader.GetSpacing()),
         origin=tuple(float(s) for s in reader.GetOrigin()),
         direction=tuple(float(d) for d in reader.GetDirection()),
-        truncation=data_truncation(path, fmt),
+        itemsize=_ITEMSIZE.get(int(reader.GetPixelIDValue()), 8),
     )
 
 
@@ -139,7 +198,7 @@ MAX_AXIS_VOXELS = 1 << 20  # no scanner writes a million voxels along one axis
 
 
 def check_header(path: Path, header: FileHeader, budget_bytes: int) -> None:
-    """Everything refused from the header alone: shape, memory budget, geometry, truncation."""
+    """What ITK's reading of the header refuses: shape, memory budget, geometry."""
     size = header.size
     if len(size) != 3 or header.components != 1:
         msg = f"{path}: expected a 3D single-channel volume, got size {size} with {header.components} components"
@@ -147,15 +206,12 @@ def check_header(path: Path, header: FileHeader, budget_bytes: int) -> None:
     if not all(1 <= s <= MAX_AXIS_VOXELS for s in size):
         msg = f"{path}: header declares an impossible size {size} (each axis must be 1..{MAX_AXIS_VOXELS})"
         raise InputError(msg)
-    check_memory_budget(path, size, budget_bytes)
+    check_memory_budget(path, size, budget_bytes, header.itemsize)
     # ITK flips a negative spacing into the direction matrix without a word: for a patient
     # that can mirror left and right, so it is refused here, where the header still says it.
     sp, org = header.spacing, header.origin
     geometry = Geometry((size[0], size[1], size[2]), (sp[0], sp[1], sp[2]), (org[0], org[1], org[2]), header.direction)
     check_geometry(path, geometry)
-    if header.truncation is not None:
-        msg = f"{path}: pixel data truncated ({header.truncation})"
-        raise InputError(msg)
 
 
 def volume_from_image(image: object, path: Path, source: SourceInfo) -> Volume:
@@ -179,25 +235,8 @@ def volume_from_array(voxels: np.ndarray, geometry: Geometry, path: Path, source
     return Volume(voxels=voxels, geometry=geometry, source=source)
 
 
-def check_geometry(path: Path, geometry: Geometry) -> None:
-    if min(geometry.size) < 2:
-        msg = f"{path}: expected a 3D volume, got size {geometry.size}"
-        raise InputError(msg)
-    if not all(np.isfinite(geometry.spacing)) or min(geometry.spacing) <= 0:
-        msg = f"{path}: invalid voxel spacing {geometry.spacing}"
-        raise InputError(msg)
-    d = geometry.direction_matrix
-    if not np.allclose(d.T @ d, np.eye(3), atol=1e-4):
-        msg = f"{path}: direction matrix is not orthonormal (sheared or tilted grid): {geometry.direction}"
-        raise InputError(msg)
-
-
-def check_voxels(path: Path, voxels: np.ndarray) -> None:
-    if np.issubdtype(voxels.dtype, np.floating):
-        n_bad = int(np.count_nonzero(~np.isfinite(voxels)))
-        if n_bad:
-            msg = f"{path}: {n_bad} voxels are NaN or infinite"
-            raise InputError(msg)
+check_geometry = checks.check_geometry
+check_voxels = checks.check_finite_voxels
 
 
 def itk_reason(exc: RuntimeError) -> str:

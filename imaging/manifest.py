@@ -95,6 +95,7 @@ def build_manifest(data: ManifestData, folder: Path) -> dict[str, Any]:
             "format": source.format,
             "n_files": source.n_files,
             "series_key": source.series_key,
+            "warnings": list(source.warnings),
             "geometry": data.volume.geometry.to_dict(),
         },
         "timings_s": {k: round(v, 4) for k, v in data.timings_s.items()},

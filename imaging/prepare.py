@@ -9,6 +9,7 @@ so a failed run never leaves a half-written model where a good one was.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -24,7 +25,7 @@ from imaging.dicom_series import SeriesChoice
 from imaging.errors import InputError, SegmentationError
 from imaging.field import Field, coarsen_in_plane
 from imaging.gltf import write_glb
-from imaging.load import DEFAULT_MEMORY_BUDGET_BYTES, load_ct
+from imaging.load import DEFAULT_MEMORY_BUDGET_BYTES, LABEL_MAP, load_ct
 from imaging.manifest import (
     GLB_NAME,
     MESH_DIR,
@@ -34,6 +35,7 @@ from imaging.manifest import (
     build_manifest,
     write_manifest,
 )
+from imaging.memory import run_within_budget
 from imaging.mesh import RGBA
 from imaging.mesh_io import write_ply, write_stl
 from imaging.output_folder import check_destination, replace_folder, staging_folder
@@ -59,6 +61,7 @@ class PrepareOptions:
     label_names_path: Path | None = None
     memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET_BYTES
     force: bool = False  # replace an --out model even when its files no longer match its manifest
+    allowed_modalities: tuple[str, ...] = ()  # DICOM modalities besides CT (--allow-modality)
 
     def __post_init__(self) -> None:
         unknown = [s for s in self.segments if s not in KNOWN_SEGMENTS]
@@ -70,6 +73,10 @@ class PrepareOptions:
             raise InputError(msg)
         if self.triangle_budget > MAX_TRIANGLE_BUDGET:
             msg = f"--budget: at most {MAX_TRIANGLE_BUDGET:,} triangles, got {self.triangle_budget}"
+            raise InputError(msg)
+        bad = [m for m in self.allowed_modalities if not re.fullmatch(r"[A-Z0-9_]{1,16}", m)]
+        if bad:
+            msg = f"--allow-modality: {bad[0]!r} is not a DICOM modality code (such as OT, MR or PT)"
             raise InputError(msg)
         if self.memory_budget_bytes <= 0:
             msg = f"--max-memory-gb: must be above 0, got {self.memory_budget_bytes} bytes"
@@ -117,6 +124,23 @@ def prepare_path(
     progress: Progress | None = None,
     on_series: SeriesChoice | None = None,
 ) -> PreparedModel:
+    """Runs in a child process held under ``options.memory_budget_bytes`` (``imaging.memory``):
+    whatever a header declared, a volume that needs more is stopped with one line."""
+    return run_within_budget(
+        source,
+        options.memory_budget_bytes,
+        lambda calls: _prepare_path(source, out, options, calls["progress"], calls["on_series"]),
+        {"progress": progress, "on_series": on_series},
+    )
+
+
+def _prepare_path(
+    source: Path,
+    out: Path,
+    options: PrepareOptions,
+    progress: Progress | None,
+    on_series: SeriesChoice | None,
+) -> PreparedModel:
     check_destination(out, options.inputs(source), force=options.force)  # before minutes of work
     names = label_table.load_label_table(options.label_names_path) if options.label_names_path else None
     timer = _Timer(progress)
@@ -126,9 +150,10 @@ def prepare_path(
             series_uid=options.series_uid,
             memory_budget_bytes=options.memory_budget_bytes,
             on_series=on_series,
+            allowed_modalities=options.allowed_modalities,
         )
         labels = (
-            load_ct(options.labels_path, memory_budget_bytes=options.memory_budget_bytes)
+            load_ct(options.labels_path, memory_budget_bytes=options.memory_budget_bytes, kind=LABEL_MAP)
             if options.labels_path
             else None
         )

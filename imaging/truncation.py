@@ -9,12 +9,13 @@ are refused here from the header, before any pixel is read, with the sizes in th
 from __future__ import annotations
 
 import gzip
-import re
 import struct
 import zlib
 from pathlib import Path
 
 import numpy as np
+
+from imaging.raw_header import NIFTI1_SIZE, NiftiHeader, read_metaimage_header, read_nifti_header
 
 
 def data_truncation(path: Path, fmt: str) -> str | None:
@@ -32,40 +33,22 @@ def nifti_truncation(path: Path) -> str | None:
     ITK reads a short NIfTI file without complaint and fills the rest with zeros;
     NRRD and MetaImage readers refuse one themselves.
     """
-    opener = gzip.open if path.name.lower().endswith(".gz") else open
-    with opener(path, "rb") as handle:
-        raw = handle.read(540)
-    declared = _nifti_declared_bytes(raw)
+    declared = _nifti_declared_bytes(read_nifti_header(path))
     if declared is None:
         return None  # ITK accepted a header we cannot parse: leave the verdict to ITK
-    have = _gzip_data_bytes(path, declared) if opener is gzip.open else path.stat().st_size
+    have = _gzip_data_bytes(path, declared) if path.name.lower().endswith(".gz") else path.stat().st_size
     if have >= declared:
         return None
     return f"the header declares {declared} bytes up to the end of the voxels, the file holds {have}"
 
 
-def _nifti_declared_bytes(raw: bytes) -> int | None:
-    """vox_offset + voxel bytes from a NIfTI-1 or NIfTI-2 header, either byte order."""
-    for order in "<>":
-        if len(raw) >= 348 and struct.unpack_from(f"{order}i", raw, 0)[0] == 348:
-            dims = struct.unpack_from(f"{order}8h", raw, 40)
-            bitpix = struct.unpack_from(f"{order}h", raw, 72)[0]
-            vox_offset = struct.unpack_from(f"{order}f", raw, 108)[0]
-            if not 0 <= vox_offset < 2**62:  # NaN, negative or absurd: ITK will refuse the file
-                return None
-            offset = int(vox_offset)
-            break
-        if len(raw) >= 540 and struct.unpack_from(f"{order}i", raw, 0)[0] == 540:
-            dims = struct.unpack_from(f"{order}8q", raw, 16)
-            bitpix = struct.unpack_from(f"{order}h", raw, 14)[0]
-            offset = int(struct.unpack_from(f"{order}q", raw, 168)[0])
-            break
-    else:
+def _nifti_declared_bytes(header: NiftiHeader | None) -> int | None:
+    """vox_offset + voxel bytes, or None when the header is not one ITK would read."""
+    if header is None or header.bitpix <= 0 or any(d < 1 for d in header.dims):
         return None
-    if not 1 <= dims[0] <= 7 or bitpix <= 0 or any(d < 1 for d in dims[1 : dims[0] + 1]):
+    if not 0 <= header.vox_offset < 2**62:  # NaN, negative or absurd: ITK will refuse the file
         return None
-    n_voxels = int(np.prod(np.asarray(dims[1 : dims[0] + 1], dtype=np.int64)))
-    return max(offset, 348) + n_voxels * int(bitpix) // 8
+    return max(int(header.vox_offset), NIFTI1_SIZE) + header.n_voxels * int(header.bitpix) // 8
 
 
 def _gzip_data_bytes(path: Path, enough: int) -> int:
@@ -91,26 +74,16 @@ _MET_BYTES = {
     "MET_CHAR": 1, "MET_UCHAR": 1, "MET_SHORT": 2, "MET_USHORT": 2, "MET_INT": 4, "MET_UINT": 4,
     "MET_LONG": 8, "MET_ULONG": 8, "MET_LONG_LONG": 8, "MET_ULONG_LONG": 8, "MET_FLOAT": 4, "MET_DOUBLE": 8,
 }  # fmt: skip
-_MET_LINE = re.compile(rb"^\s*(\w+)\s*=\s*(.*?)\s*$")
-MAX_METAIMAGE_HEADER = 64 * 1024
+INFLATE_CHUNK_BYTES = 1 << 22
 
 
 def metaimage_truncation(path: Path) -> str | None:
-    """Missing detached data file, or a LOCAL uncompressed block shorter than declared."""
-    with path.open("rb") as handle:
-        head = handle.read(MAX_METAIMAGE_HEADER)
-    fields: dict[str, str] = {}
-    end = 0
-    for line in head.splitlines(keepends=True):
-        end += len(line)
-        match = _MET_LINE.match(line)
-        if match is None:
-            return None  # not the text header we know: leave the verdict to ITK
-        fields[match.group(1).decode("ascii", "replace")] = match.group(2).decode("utf-8", "replace")
-        if match.group(1) == b"ElementDataFile":
-            break
-    else:
-        return None
+    """Missing detached data file, a LOCAL block shorter than declared, or a zlib stream that
+    does not inflate to the declared size (ITK gives zeros for a corrupt one)."""
+    parsed = read_metaimage_header(path)
+    if parsed is None:
+        return None  # not the text header we know: leave the verdict to ITK
+    fields, end = parsed
     data_file = fields["ElementDataFile"]
     source, start = path, end
     if data_file != "LOCAL":
@@ -121,17 +94,37 @@ def metaimage_truncation(path: Path) -> str | None:
             return f"the detached data file {data_file!r} named by the header is missing"
         if fields.get("HeaderSize", "0").strip() != "0":
             return None  # a header inside the data file (-1: at its end): leave the verdict to ITK
-    if fields.get("CompressedData", "False").lower() == "true":
-        return None  # zlib stream: its length says nothing; ITK's inflate reports a short one
     try:
         dims = [int(v) for v in fields["DimSize"].split()]
         channels = int(fields.get("ElementNumberOfChannels", "1"))
         item = _MET_BYTES[fields["ElementType"]]
     except (KeyError, ValueError):
         return None
-    declared = start + int(np.prod(np.asarray(dims, dtype=np.int64))) * channels * item
+    voxel_bytes = int(np.prod(np.asarray(dims, dtype=np.int64))) * channels * item
+    if fields.get("CompressedData", "False").lower() == "true":
+        return _inflate_problem(source, start, voxel_bytes)
     have = source.stat().st_size
-    if have >= declared:
+    if have >= start + voxel_bytes:
         return None
     where = "" if source == path else f" of {data_file!r}"
-    return f"the header declares {declared} bytes up to the end of the voxels{where}, the file holds {have}"
+    return f"the header declares {start + voxel_bytes} bytes up to the end of the voxels{where}, the file holds {have}"
+
+
+def _inflate_problem(path: Path, offset: int, declared: int) -> str | None:
+    """Inflate the zlib stream in bounded chunks, counting bytes only (never holding them)."""
+    inflater = zlib.decompressobj()
+    total = 0
+    with path.open("rb") as handle:
+        handle.seek(offset)
+        try:
+            while total < declared and (block := handle.read(INFLATE_CHUNK_BYTES)):
+                data = inflater.decompress(block, INFLATE_CHUNK_BYTES)
+                total += len(data)
+                while inflater.unconsumed_tail and total < declared:
+                    total += len(inflater.decompress(inflater.unconsumed_tail, INFLATE_CHUNK_BYTES))
+            total += len(inflater.flush()) if total < declared else 0
+        except zlib.error as exc:
+            return f"the compressed pixel data is corrupt (zlib: {exc}) after {total} of {declared} bytes"
+    if total < declared:
+        return f"the compressed pixel data inflates to {total} bytes, the header declares {declared}"
+    return None

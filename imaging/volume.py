@@ -23,6 +23,7 @@ class SourceInfo:
     study_key: str | None = None
     synthetic: bool = False
     notes: tuple[str, ...] = field(default_factory=tuple)
+    warnings: tuple[str, ...] = field(default_factory=tuple)  # accepted with a caveat (--allow-modality)
 
 
 @dataclass(frozen=True)

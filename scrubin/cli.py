@@ -74,6 +74,14 @@ def prepare(
         bool,
         typer.Option("--force", help="Replace an --out scrubin model even if its files no longer match its manifest."),
     ] = False,
+    allow_modality: Annotated[
+        list[str] | None,  # noqa: UP007
+        typer.Option(
+            "--allow-modality",
+            metavar="NAME",
+            help="Also accept this DICOM modality besides CT (e.g. OT); recorded as a warning in the manifest.",
+        ),
+    ] = None,
     show_paths: Annotated[
         bool, typer.Option("--show-paths", help="Print paths in messages (they can carry a patient's name).")
     ] = False,
@@ -99,6 +107,7 @@ def prepare(
             max_memory_gb=max_memory_gb,
             force=force,
             redact=redact,
+            allow_modality=tuple(allow_modality or ()),
         )
 
 

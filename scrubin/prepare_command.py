@@ -70,6 +70,7 @@ def run_prepare(
     max_memory_gb: str,
     force: bool = False,
     redact: Redact = str,
+    allow_modality: tuple[str, ...] = (),
 ) -> None:
     from imaging.prepare import PrepareOptions, prepare_path, prepare_phantom
 
@@ -88,6 +89,7 @@ def run_prepare(
         label_names_path=label_names,
         memory_budget_bytes=parse_memory_gb(max_memory_gb),
         force=force,
+        allowed_modalities=tuple(m.strip().upper() for m in allow_modality),
     )
     stages = [s for s in _STAGES if s != ("load" if phantom else "synthesize")]
     with Progress(

@@ -1,0 +1,157 @@
+"""Checks on the chosen DICOM series before its pixels are read: what GDCM would fill in.
+
+GDCM reads a slice without PixelSpacing as 1 mm, a RescaleSlope of 0 or NaN as 1, a pixel
+data element shorter than the image as that many pixels plus padding, and an MR, US or
+Secondary Capture image as readily as a CT. Here every slice of the chosen series is checked
+for those (modality, samples per pixel, pixel spacing present, plausible and the same on every
+slice, rescale slope and intercept, pixel bytes present), from the fast path's parsed headers
+where every file took it, else from pydicom in a guarded child (hostile headers).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from imaging import checks
+from imaging.dicom_series import SeriesEntry
+from imaging.errors import InputError
+from imaging.guarded import run_guarded
+
+PIXEL_DATA_TAG = 0x7FE00010
+DEFLATED = "1.2.840.10008.1.2.1.99"
+UNDEFINED_LENGTH = 0xFFFFFFFF
+MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
+_DEFER_BYTES = 1024  # pixel data is located, never read, while checking
+
+
+@dataclass(frozen=True)
+class SliceFacts:
+    """What one slice declares about its pixels (None: absent or not numbers)."""
+
+    file: str
+    modality: str
+    pixel_spacing: tuple[float, ...] | None  # (row, column) spacing in mm
+    slope: float
+    intercept: float
+    samples: int = 1
+    photometric: str = "MONOCHROME2"
+    pixel_problem: str | None = None  # why the pixel data element cannot hold the image
+
+
+def series_facts(folder: Path, entry: SeriesEntry) -> list[SliceFacts]:
+    """Facts of every slice: from the fast path's headers, else pydicom in a guarded child."""
+    if entry.fast is not None:
+        return [
+            SliceFacts(f.header.file, f.modality, f.pixel_spacing, f.slope, f.intercept) for f in entry.fast
+        ]
+    files = entry.files
+    return run_guarded(folder, "reading the DICOM slice headers", lambda: [read_slice_facts(Path(f)) for f in files])
+
+
+def check_series_content(folder: Path, entry: SeriesEntry, allowed_modalities: Sequence[str] = ()) -> list[str]:
+    """Refuse the series if any slice is not a usable CT slice; returns warnings for the manifest."""
+    facts = series_facts(folder, entry)
+    notes: set[str] = set()
+    for f in facts:
+        note = checks.check_modality(f.file, f.modality, allowed_modalities)
+        if note:
+            notes.add(note)
+        if f.samples != 1 or f.photometric not in MONOCHROME:
+            msg = f"{f.file}: (0028,0002) Samples per Pixel {f.samples}, (0028,0004) Photometric Interpretation {f.photometric}: a colour image, not a CT slice"
+            raise InputError(msg)
+        if f.pixel_problem is not None:
+            msg = f"{folder}: DICOM pixel data could not be read ({Path(f.file).name}: (7FE0,0010) Pixel Data {f.pixel_problem})"
+            raise InputError(msg)
+        if f.pixel_spacing is None:
+            msg = f"{f.file}: (0028,0030) Pixel Spacing is missing or not two numbers; refusing to guess one"
+            raise InputError(msg)
+        checks.check_spacing(f.file, f.pixel_spacing, "(0028,0030) Pixel Spacing")
+        checks.check_rescale(f.file, f.slope, f.intercept, "(0028,1053) Rescale")
+    names = [f.file for f in facts]
+    checks.check_uniform(folder, [f.pixel_spacing or () for f in facts], "(0028,0030) Pixel Spacing", names)
+    _check_orientation(entry)
+    return sorted(notes)
+
+
+def _check_orientation(entry: SeriesEntry) -> None:
+    """Row and column direction cosines of unit length and perpendicular (GDCM would divide by 0)."""
+    first = entry.slices[0]
+    o = [float(v) for v in first.orientation]
+    row, col = o[:3], o[3:]
+    dot = sum(a * b for a, b in zip(row, col, strict=True))
+    norms = (math.hypot(*row), math.hypot(*col))
+    if not all(abs(n - 1.0) < 1e-3 for n in norms) or abs(dot) > 1e-3:
+        msg = f"{first.file}: (0020,0037) Image Orientation (Patient) {tuple(o)}: not two perpendicular unit vectors"
+        raise InputError(msg)
+
+
+def read_slice_facts(path: Path) -> SliceFacts:
+    """One slice's facts with pydicom; the pixel data is located, not read."""
+    import pydicom
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # invalid DS text ("NaN") is reported below, as a value
+        ds = pydicom.dcmread(path, defer_size=_DEFER_BYTES)
+        return SliceFacts(
+            file=str(path),
+            modality=str(ds.get("Modality", "") or ""),
+            pixel_spacing=_numbers(ds, "PixelSpacing", 2),
+            slope=_number(ds, "RescaleSlope", 1.0),
+            intercept=_number(ds, "RescaleIntercept", 0.0),
+            samples=int(ds.get("SamplesPerPixel", 1) or 1),
+            photometric=str(ds.get("PhotometricInterpretation", "") or "").strip(),
+            pixel_problem=_pixel_problem(ds, path),
+        )
+
+
+def _numbers(ds: object, keyword: str, n: int) -> tuple[float, ...] | None:
+    try:
+        value = ds.get(keyword)  # type: ignore[attr-defined]
+        numbers = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        return None
+    return numbers if len(numbers) == n else None
+
+
+def _number(ds: object, keyword: str, default: float) -> float:
+    """The tag as a number (NaN when it is text that is not one); ``default`` when absent."""
+    try:
+        value = ds.get(keyword)  # type: ignore[attr-defined]
+    except (TypeError, ValueError):
+        return math.nan
+    if value is None or value == "":
+        return default
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _pixel_problem(ds: object, path: Path) -> str | None:
+    """Why the pixel data element cannot hold Rows x Columns x frames x samples, or None."""
+    element = ds.get_item(PIXEL_DATA_TAG) if PIXEL_DATA_TAG in ds else None  # type: ignore[attr-defined,operator]
+    if element is None:
+        return "is missing"
+    if getattr(element, "length", 0) == UNDEFINED_LENGTH or ds.file_meta.TransferSyntaxUID.is_encapsulated:  # type: ignore[attr-defined]
+        return None  # compressed fragments: the decoder checks what it decodes
+    rows, columns = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)  # type: ignore[attr-defined]
+    frames = int(ds.get("NumberOfFrames", 1) or 1)  # type: ignore[attr-defined]
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)  # type: ignore[attr-defined]
+    bits = int(ds.get("BitsAllocated", 16) or 16)  # type: ignore[attr-defined]
+    needed = (rows * columns * frames * samples * bits + 7) // 8
+    length = int(getattr(element, "length", 0) or 0)
+    if length < needed and getattr(element, "value", None) is None:
+        return f"declares {length} bytes, the image needs {needed}"
+    if getattr(element, "value", None) is not None:  # read already (small, or a deflated file)
+        present = len(element.value)
+    elif ds.file_meta.TransferSyntaxUID == DEFLATED:  # type: ignore[attr-defined]
+        return None  # positions are in the inflated stream; pydicom reads it whole when it decodes
+    else:
+        present = path.stat().st_size - element.value_tell
+    if present < needed:
+        return f"is truncated: the file holds {max(present, 0)} of the {needed} bytes the image needs"
+    return None
