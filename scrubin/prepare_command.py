@@ -18,7 +18,7 @@ from rich.table import Table
 
 from imaging.dicom_series import FolderScan, SeriesEntry
 from imaging.errors import InputError
-from scrubin.console import one_line, plain
+from scrubin.console import plain
 
 console = Console(highlight=False)
 _STAGES = ("synthesize", "load", "segment", "surface", "write")
@@ -167,8 +167,7 @@ def run_series(folder: Path, redact: Redact = str) -> None:
         raise InputError(msg)
     scan = scan_folder(folder)
     choose_series(folder, scan, None)  # refuses a folder without an image series, naming what it skipped
-    title = f"DICOM series in {redact(str(folder))} (largest first; prepare takes the first unless --series NAME)"
-    table = Table(title=plain(title))
+    table = Table(title=plain(f"DICOM series in {redact(str(folder))}, largest first"))
     for column in ("series", "modality", "slices", "size"):
         table.add_column(column, no_wrap=column == "series")
     for e in scan.series:
@@ -176,4 +175,4 @@ def run_series(folder: Path, redact: Redact = str) -> None:
     console.print(table)
     if scan.note():
         console.print(plain(f"note: {scan.note()}"), soft_wrap=True)
-    console.print(one_line("the names are keyed pseudonyms of the Series UIDs: give one to prepare --series"))
+    console.print("prepare takes the largest; choose another with --series NAME")
