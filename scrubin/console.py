@@ -117,18 +117,17 @@ def library_output_to_log(redact: Redact | None = None) -> Iterator[None]:
     to the terminal: ITK, GDCM and MetaIO write to file descriptor 2 from C++, numpy warns
     through Python's ``warnings``. Log records pass through ``redact`` meanwhile."""
     handlers = [h for h in logging.getLogger().handlers if isinstance(h, logging.StreamHandler)]
-    record_filter = _RedactRecords(redact) if redact is not None else None
-    for handler in handlers:
-        if record_filter is not None:
-            handler.addFilter(record_filter)
+    filtered = handlers if redact is not None else []
+    record_filter = _RedactRecords(redact or str)
+    for handler in filtered:
+        handler.addFilter(record_filter)
     try:
         with warnings.catch_warnings(), _native_stderr_captured(handlers):
             warnings.showwarning = _log_warning
             yield
     finally:
-        for handler in handlers:
-            if record_filter is not None:
-                handler.removeFilter(record_filter)
+        for handler in filtered:
+            handler.removeFilter(record_filter)
 
 
 def _log_warning(message: Warning | str, category: type[Warning], *_: Any, **__: Any) -> None:
