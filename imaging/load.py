@@ -69,7 +69,7 @@ def load_ct(
 ) -> Volume:
     """Load and check a CT volume; geometry stays in patient LPS millimetres.
 
-    For a DICOM folder, ``on_series(all_series, chosen)`` is told which series was taken.
+    For a DICOM folder, ``on_series(scan, chosen)`` is told which series was taken.
     A ``kind=CT`` volume must be CT (or a modality in ``allowed_modalities``: then a warning
     is kept in ``source.warnings`` for the manifest) with air around the patient; a
     ``LABEL_MAP`` gets the same geometry and data checks, not the CT content ones."""
@@ -103,9 +103,9 @@ def _load_series(
 
     notes: list[str] = []
 
-    def checked(entries: list[dicom_series.SeriesEntry], chosen: dicom_series.SeriesEntry) -> None:
+    def checked(scan: dicom_series.FolderScan, chosen: dicom_series.SeriesEntry) -> None:
         if on_series is not None:
-            on_series(entries, chosen)
+            on_series(scan, chosen)
         first = chosen.slices[0]
         check_memory_budget(folder, (first.columns, first.rows, chosen.n_files), budget_bytes)
         if kind == CT:
