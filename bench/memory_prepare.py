@@ -4,7 +4,7 @@ For each voxel type (int16, int32, float32, float64, and uint8, which can hold n
 is refused after loading) and each content (a head in air; a body filling the field of view
 but for a one-voxel ring of air, the worst content the checks accept; no air at all, refused
 after loading), NIfTI volumes of two sizes go through ``scrubin prepare`` (skin and bone) in
-a fresh process; the peak is the process tree's max RSS (wait4). Bytes per voxel is the slope
+a fresh process; the peak is the run's own high-water mark (tests/corpus.py's ``run_scrubin``). Bytes per voxel is the slope
 between the two sizes, the base the intercept. imaging/memory.py holds the worst slope per
 item size and the largest base; this prints them next to the table it uses.
 
@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -24,6 +22,10 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+
+from corpus import run_scrubin  # noqa: E402  (tests/ is put on the path just above)
+
 RESULTS = REPO / "bench" / "results"
 DTYPES = ("int16", "int32", "float32", "float64", "uint8")
 CONTENTS = ("head", "little_air", "no_air")
@@ -46,10 +48,9 @@ def volume(shape: tuple[int, int, int], content: str, dtype: str) -> np.ndarray:
 
 
 def peak_rss_mib(path: Path, out: Path) -> tuple[float, int]:
-    cmd = [sys.executable, "-m", "scrubin.cli", "prepare", str(path), "--out", str(out), "--max-memory-gb", "20"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=REPO)
-    _, status, usage = os.wait4(proc.pid, 0)
-    return usage.ru_maxrss / 1024.0, os.waitstatus_to_exitcode(status)
+    """Peak resident MiB of ``scrubin prepare`` as the run itself measures it (tests/corpus.py)."""
+    code, _, _, _, peak = run_scrubin(["prepare", str(path), "--out", str(out), "--max-memory-gb", "20"])
+    return peak, code
 
 
 def main() -> None:
@@ -89,7 +90,9 @@ def main() -> None:
         measured = [r["bytes_per_voxel"] for r in rows if np.dtype(str(r["dtype"])).itemsize == itemsize]
         worst = max(measured) if measured else float("nan")
         print(f"  {itemsize} byte(s): measured {worst:5.1f}, table {PEAK_BYTES_PER_VOXEL[itemsize]:g}")
-    print(f"  base: measured up to {max(float(r['base_mib']) for r in rows):.0f} MiB, table {BASE_BYTES / 2**20:.0f} MiB")
+    print(
+        f"  base: measured up to {max(float(r['base_mib']) for r in rows):.0f} MiB, table {BASE_BYTES / 2**20:.0f} MiB"
+    )
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "memory_prepare.json").write_text(json.dumps(rows, indent=1) + "\n")
     print(f"wrote {RESULTS / 'memory_prepare.json'}")

@@ -17,6 +17,7 @@ gets one ``InputError`` line. The prepare pipeline uses no OpenMP (which does no
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import os
 import pickle
@@ -111,6 +112,7 @@ def _ignore(*_args: object) -> None:
 def _child(fn: Callable[[dict[str, Callable[..., None]]], object], calls: Calls, write_fd: int) -> None:
     code = 0
     try:
+        faulthandler.disable()  # a crash is reported by the parent as one line, not a C-level dump
         # The parent may have been writing to these when it forked (a progress bar's thread):
         # fresh objects on the same descriptors, so that no inherited lock is ever waited on.
         sys.stdout = os.fdopen(os.dup(1), "w", buffering=1)
@@ -209,4 +211,3 @@ def _stop(pid: int, grace_s: float) -> None:
             os.waitpid(pid, 0)
     except ChildProcessError:
         pass  # already reaped by _watch
-

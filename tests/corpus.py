@@ -25,7 +25,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import zlib
 from collections.abc import Callable
@@ -88,6 +87,58 @@ def classify(returncode: int, stdout: str, stderr: str, out: Path) -> str:
     return OTHER
 
 
+# ``python -c PEAK_WRAPPER ARGS`` runs ``scrubin ARGS`` and writes its peak resident memory (KiB)
+# to the descriptor named by SCRUBIN_PEAK_FD: the CLI process's own high-water mark since exec
+# (VmHWM) or its forked children's (RUSAGE_CHILDREN), whichever is larger. wait4's ru_maxrss of
+# the run would also count the launching process's memory at exec (vfork), not the run's own.
+PEAK_WRAPPER = """
+import os, resource, runpy, sys
+def report():
+    with open('/proc/self/status') as status:
+        hwm = next((int(ln.split()[1]) for ln in status if ln.startswith('VmHWM:')), 0)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    os.write(int(os.environ['SCRUBIN_PEAK_FD']), f'{max(hwm, kids)}'.encode())
+sys.argv = ['scrubin', *sys.argv[1:]]
+try:
+    runpy.run_module('scrubin.cli', run_name='__main__', alter_sys=True)
+finally:
+    report()
+"""
+
+
+def run_scrubin(
+    args: list[str], *, cwd: Path = REPO, timeout_s: float = CASE_TIMEOUT_S
+) -> tuple[int, str, str, float, float]:
+    """``scrubin ARGS`` in a fresh process under ``CASE_ADDRESS_SPACE``:
+    (exit code, stdout, stderr, seconds, peak resident MiB of the run)."""
+    read_fd, write_fd = os.pipe()
+    env = {**os.environ, "COLUMNS": "200", "SCRUBIN_PEAK_FD": str(write_fd)}
+    cmd = [sys.executable, "-c", PEAK_WRAPPER, *args]
+    with tempfile.TemporaryFile() as out_file, tempfile.TemporaryFile() as err_file:
+        start = time.perf_counter()
+        proc = subprocess.Popen(
+            cmd, stdout=out_file, stderr=err_file, cwd=cwd, env=env, pass_fds=(write_fd,),
+            preexec_fn=_bound_address_space,
+        )  # fmt: skip
+        os.close(write_fd)
+        try:
+            returncode = proc.wait(timeout=timeout_s)
+            killed = False
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            returncode, killed = proc.wait(), True
+        seconds = time.perf_counter() - start
+        with os.fdopen(read_fd, "rb") as peak_pipe:
+            peak = peak_pipe.read().decode() or "0"
+        out_file.seek(0)
+        err_file.seek(0)
+        out_text = out_file.read().decode("utf-8", "replace")
+        err_text = err_file.read().decode("utf-8", "replace")
+    if killed:
+        err_text += f"\n(killed after {timeout_s:g} s)"
+    return returncode, out_text, err_text, seconds, int(peak) / 1024.0
+
+
 def run_case(case: CorpusCase, work: Path, *, timeout_s: float = CASE_TIMEOUT_S, repo: Path = REPO) -> Outcome:
     """Build the case under ``work`` and run ``scrubin prepare`` on it in a fresh process
     (the code of the checkout ``repo``: this one unless a benchmark compares another)."""
@@ -95,30 +146,10 @@ def run_case(case: CorpusCase, work: Path, *, timeout_s: float = CASE_TIMEOUT_S,
     folder.mkdir(parents=True)
     source = case.build(folder / "in")
     out = folder / "model"
-    cmd = [sys.executable, "-m", "scrubin.cli", "prepare", str(source), "--out", str(out)]
-    cmd += ["--max-memory-gb", CASE_MEMORY_GB, *case.args]
-    env = {**os.environ, "COLUMNS": "200"}
-    with tempfile.TemporaryFile() as out_file, tempfile.TemporaryFile() as err_file:
-        start = time.perf_counter()
-        proc = subprocess.Popen(
-            cmd, stdout=out_file, stderr=err_file, cwd=repo, env=env, preexec_fn=_bound_address_space
-        )
-        timer = threading.Timer(timeout_s, proc.kill)
-        timer.start()
-        try:
-            _, status, usage = os.wait4(proc.pid, 0)  # wait4: this run's own peak RSS
-        finally:
-            timer.cancel()
-        proc.returncode = returncode = os.waitstatus_to_exitcode(status)
-        seconds = time.perf_counter() - start
-        out_file.seek(0)
-        err_file.seek(0)
-        out_text = out_file.read().decode("utf-8", "replace")
-        err_text = err_file.read().decode("utf-8", "replace")
-    if seconds >= timeout_s:
-        err_text += f"\n(killed after {timeout_s:g} s)"
+    args = ["prepare", str(source), "--out", str(out), "--max-memory-gb", CASE_MEMORY_GB, *case.args]
+    returncode, out_text, err_text, seconds, peak = run_scrubin(args, cwd=repo, timeout_s=timeout_s)
     kind = classify(returncode, out_text, err_text, out)
-    return Outcome(case, kind, returncode, err_text, seconds, usage.ru_maxrss / 1024.0, out_text)
+    return Outcome(case, kind, returncode, err_text, seconds, peak, out_text)
 
 
 def _bound_address_space() -> None:
@@ -477,7 +508,11 @@ def _relabel(modality: str, sop_class: str) -> Callable[[object, int], None]:
     return edit
 
 
-MR_STORAGE, SC_STORAGE, US_STORAGE = "1.2.840.10008.5.1.4.1.1.4", "1.2.840.10008.5.1.4.1.1.7", "1.2.840.10008.5.1.4.1.1.6.1"
+MR_STORAGE, SC_STORAGE, US_STORAGE = (
+    "1.2.840.10008.5.1.4.1.1.4",
+    "1.2.840.10008.5.1.4.1.1.7",
+    "1.2.840.10008.5.1.4.1.1.6.1",
+)
 RESCALE_SLOPE, PIXEL_SPACING = 0x00281053, 0x00280030
 
 
@@ -558,7 +593,9 @@ def _bomb(where: Path) -> Path:
     return path
 
 
-def _nrrd(name: str, voxels: np.ndarray, spacing: tuple[float, ...] = CT_SPACING, **kw: object) -> Callable[[Path], Path]:
+def _nrrd(
+    name: str, voxels: np.ndarray, spacing: tuple[float, ...] = CT_SPACING, **kw: object
+) -> Callable[[Path], Path]:
     def write(where: Path) -> Path:
         import nrrd
 
@@ -632,7 +669,11 @@ def third_party_cases() -> list[CorpusCase]:
     cases = []
     for source, path in third_party_dicom_files():
         expect = _dicom_expect(path)
-        stem = path.relative_to(path.parents[1]).as_posix() if source == "pydicom" and "dicomdirtests" in path.parts else path.name
+        stem = (
+            path.relative_to(path.parents[1]).as_posix()
+            if source == "pydicom" and "dicomdirtests" in path.parts
+            else path.name
+        )
         cases.append(CorpusCase(f"{source}/file/{stem}", source, expect, _single(path)))
         cases.append(CorpusCase(f"{source}/stack/{stem}", source, expect, _stacked(path)))
     for path in nibabel_image_files():
