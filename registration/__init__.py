@@ -1,26 +1,38 @@
 """registration: register the patient model to the operating field and track it.
 
 Public API: :class:`SurfaceModel`, :func:`initial_alignment`, :class:`Tracker`,
-:class:`Estimate`, :class:`Status`, :class:`DepthFrame`, :class:`PinholeIntrinsics`.
-Open3D is imported lazily by the modules that need it.
+:class:`Estimate`, :class:`Status`, :class:`DepthFrame`, :class:`PinholeIntrinsics`;
+frame kinds :class:`SurfaceTrace` (tracked pointer) and :class:`CameraPoints`; the
+navigation workflow :func:`register_trace` (landmarks + surface trace, or markerless)
+with its :class:`NavigationResult`. Open3D is imported lazily by the modules that
+need it.
 """
 
 from __future__ import annotations
 
 from registration.depth import DepthFrame, PinholeIntrinsics
 from registration.estimate import Estimate, Status
+from registration.frame_kinds import CHECKS, CameraPoints, FrameKind, SurfaceTrace
 from registration.initial_alignment import AlignmentConfig, initial_alignment
 from registration.model import SurfaceModel
+from registration.navigation import NavigationConfig, NavigationResult, register_trace
 from registration.tracker import Tracker, TrackerConfig
 
 __all__ = [
+    "CHECKS",
     "AlignmentConfig",
+    "CameraPoints",
     "DepthFrame",
     "Estimate",
+    "FrameKind",
+    "NavigationConfig",
+    "NavigationResult",
     "PinholeIntrinsics",
     "Status",
     "SurfaceModel",
+    "SurfaceTrace",
     "Tracker",
     "TrackerConfig",
     "initial_alignment",
+    "register_trace",
 ]

@@ -15,6 +15,10 @@ along itself), so a frame is *good* only if every detector passes:
   axis (a face upside down, or turned) fits about as well (registration/turns.py): an
   upside-down face passes every per-frame detector above.
 
+Which detectors run depends on the frame's kind (registration/frame_kinds.py): a
+pointer trace has no camera, so free space does not apply, and it is one acquisition,
+not a stream, so neither does the jump check.
+
 Thresholds have hysteresis: to *enter* tracking a frame must pass stricter limits
 (``enter_scale``) than to *stay*, and must do so ``frames_to_track`` times in a row.
 Leaving tracking is immediate: a wrong pose must never be reported as tracking.
@@ -27,6 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from registration.estimate import Status
+from registration.frame_kinds import CHECKS, Check, FrameKind
 from registration.frames import F64, transform_points
 from registration.model import SurfaceModel
 
@@ -63,27 +68,31 @@ class FrameQuality:
     see_through: float
 
 
-def failures(q: FrameQuality, cfg: ConfidenceConfig, *, entering: bool) -> tuple[str, ...]:
-    """Names of the detectors this frame fails; stricter limits when ``entering``."""
+def failures(
+    q: FrameQuality, cfg: ConfidenceConfig, *, entering: bool, checks: frozenset[Check] = CHECKS[FrameKind.DEPTH_IMAGE]
+) -> tuple[str, ...]:
+    """Names of the detectors this frame fails among ``checks`` (those that apply to the
+    frame's kind, registration/frame_kinds.py); stricter limits when ``entering``."""
     s = cfg.enter_scale if entering else 1.0
     out = []
-    if q.n_correspondences < cfg.min_correspondences:
+    if Check.CORRESPONDENCES in checks and q.n_correspondences < cfg.min_correspondences:
         out.append(f"few correspondences ({q.n_correspondences})")
-    if q.fitness < 1.0 - (1.0 - cfg.min_fitness) * s:
+    if Check.FITNESS in checks and q.fitness < 1.0 - (1.0 - cfg.min_fitness) * s:
         out.append(f"low fitness ({q.fitness:.2f})")
-    if not q.rmse_mm <= cfg.max_rmse_mm * s:
+    if Check.RMSE in checks and not q.rmse_mm <= cfg.max_rmse_mm * s:
         out.append(f"high rmse ({q.rmse_mm:.2f} mm)")
-    if not q.condition <= cfg.max_condition * s:
+    if Check.CONDITION in checks and not q.condition <= cfg.max_condition * s:
         out.append(f"degenerate geometry (condition {q.condition:.0f})")
-    if not q.predicted_tre_mm <= cfg.max_predicted_tre_mm * s:
+    if Check.PREDICTED_TRE in checks and not q.predicted_tre_mm <= cfg.max_predicted_tre_mm * s:
         out.append(f"high predicted TRE ({q.predicted_tre_mm:.2f} mm)")
-    if q.jump_mm > cfg.jump_mm or q.jump_deg > cfg.jump_deg:
+    if Check.JUMP in checks and (q.jump_mm > cfg.jump_mm or q.jump_deg > cfg.jump_deg):
         out.append(f"pose jump ({q.jump_mm:.1f} mm, {q.jump_deg:.1f} deg)")
-    if q.holdout_fitness < cfg.holdout_min_ratio * q.fitness or not (
-        q.holdout_rmse_mm <= cfg.holdout_rmse_ratio * q.rmse_mm + 0.2
+    if Check.HOLDOUT in checks and (
+        q.holdout_fitness < cfg.holdout_min_ratio * q.fitness
+        or not (q.holdout_rmse_mm <= cfg.holdout_rmse_ratio * q.rmse_mm + 0.2)
     ):
         out.append(f"held-back points disagree ({q.holdout_fitness:.2f}, {q.holdout_rmse_mm:.2f} mm)")
-    if not q.see_through <= cfg.max_see_through * s:
+    if Check.FREE_SPACE in checks and not q.see_through <= cfg.max_see_through * s:
         out.append(f"free-space violation ({q.see_through:.2f} of rays see through the model)")
     return tuple(out)
 
@@ -120,6 +129,13 @@ class StatusMachine:
     def locks_on_next_good(self) -> bool:
         """Whether one more good frame would turn the status into tracking."""
         return self.status is not Status.TRACKING and self.good_run + 1 >= self.cfg.frames_to_track
+
+    def set(self, status: Status) -> Status:
+        """Take a verdict that needs no hysteresis (a whole surface trace, judged at once)."""
+        self.status = status
+        self.good_run = self.cfg.frames_to_track if status is Status.TRACKING else 0
+        self.bad_run = 0 if status is Status.TRACKING else self.bad_run + 1
+        return status
 
     def step(self, usable: bool, problems: tuple[str, ...]) -> Status:
         if usable and not problems:

@@ -115,8 +115,11 @@ def point_to_plane(
         E = se3_exp(xi)
         E[:3, 3] += c - E[:3, :3] @ c
         T = E @ T
+        # Converged once the gate has stopped shrinking (it floors at 4 sigma on noisy
+        # data, above ``min_corr_mm``) and a step moves points by less than ``tol_mm``.
+        shrinking = max(min_corr_mm, 4.0 * sigma, 0.5 * gate) < 0.95 * gate
         gate = max(min_corr_mm, 4.0 * sigma, 0.5 * gate)
-        if np.linalg.norm(xi[:3]) * 100.0 + np.linalg.norm(xi[3:]) < tol_mm and gate <= min_corr_mm:
+        if np.linalg.norm(xi[:3]) * 100.0 + np.linalg.norm(xi[3:]) < tol_mm and not shrinking:
             converged = True
             break
     return IcpResult(T, info, c.copy(), sigma, n_corr, it, converged)

@@ -20,14 +20,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from registration.clutter import drop_support_planes
 from registration.estimate import Estimate, Status, lost
-from registration.frames import F64, invert, max_displacement_mm, skew, transform_points
+from registration.frame_kinds import CameraPoints, SurfaceTrace
+from registration.frames import F64, invert, max_displacement_mm, transform_points
 from registration.icp import (
     IcpResult,
     covariance_about_origin,
@@ -37,6 +37,8 @@ from registration.icp import (
     truncated_cost,
 )
 from registration.model import ANCHOR_SPACING_MM, FEATURE_VOXEL_MM, SurfaceModel
+from registration.navigation import NavigationConfig, register_trace
+from registration.paired_point import MIN_PAIRS, Landmarks, landmark_pairs, paired_point_fit
 from registration.thinning import every_kth, first_per_voxel
 from registration.turns import TurnedRival, best_turned_rival
 
@@ -76,9 +78,8 @@ class AlignmentConfig:
     distinct_mm: float = 6.0
     max_fre_mm: float = 3.0
     seed: int = 0
-
-
-Landmarks = Mapping[str, object] | tuple[object, object]
+    turn_retries: int = 2  # a better turned pose is taken and checked again this often
+    navigation: NavigationConfig = field(default_factory=NavigationConfig)  # sparse input and traces
 
 
 def initial_alignment(
@@ -87,88 +88,60 @@ def initial_alignment(
     landmarks: Landmarks | None = None,
     config: AlignmentConfig | None = None,
 ) -> Estimate:
-    """Register ``model`` to sensor points (N, 3) in mm; returns an Estimate whose
+    """Register ``model`` to sensor points in mm; returns an Estimate whose
     ``T_sensor_model`` maps model mm into the points' frame.
 
-    ``landmarks`` switches to paired-point registration: either a mapping from model
+    ``points_mm`` is a :class:`SurfaceTrace` (tracked pointer), :class:`CameraPoints` or
+    a plain (N, 3) array. A trace, or any input with fewer than ``dense_min_points``
+    points, goes to the navigation workflow (registration/navigation.py: markerless
+    global search, or from ``landmarks`` when given, then robust refinement and the
+    ambiguity verdict); a dense camera scan to the scan pipeline below.
+
+    ``landmarks`` with no points is paired-point registration: a mapping from model
     landmark names (``model.fiducials``/``targets``) to measured sensor positions, or a
     tuple ``(model_points (K,3), sensor_points (K,3))`` with K >= 3. FRE is reported.
     """
     cfg = config or AlignmentConfig()
     t0 = time.perf_counter()
-    pts = _clean(points_mm)
-    if landmarks is not None:
+    if isinstance(points_mm, SurfaceTrace):
+        return register_trace(model, points_mm, landmarks, cfg.navigation).estimate()
+    pts = points_mm.points_mm if isinstance(points_mm, CameraPoints) else _clean(points_mm)
+    if landmarks is not None and len(pts) == 0:
         return paired_point(model, landmarks, cfg, t0)
-    if len(pts) < cfg.min_correspondences:
-        return lost(_ms(t0), f"too few valid points ({len(pts)})")
-    rng = np.random.default_rng(cfg.seed)
     dense = len(pts) >= cfg.dense_min_points
+    if not dense:
+        return register_trace(model, pts, landmarks, cfg.navigation).estimate()
+    if landmarks is not None:  # a dense scan with landmarks: the landmarks decide
+        return paired_point(model, landmarks, cfg, t0)
+    rng = np.random.default_rng(cfg.seed)
     if dense:  # a scan also holds holder, table and room: drop planes, keep a head-sized crop
         pts = pts[first_per_voxel(pts, cfg.scan_voxel_mm)]
         if cfg.drop_planes:
             pts = drop_support_planes(pts)
         pts = _crop_to_model_size(model, pts)
     hyps = []
-    if cfg.use_sweep or not dense:
+    if cfg.use_sweep:
         for patch in _patches(pts, cfg, rng):
             hyps += _sweep_hypotheses(model, patch, cfg, rng)
-    if dense:
-        hyps += _feature_hypotheses(model, pts, cfg)
+    hyps += _feature_hypotheses(model, pts, cfg)
     return _verify(model, pts, hyps, cfg, rng, t0)
 
 
 # ---------------------------------------------------------------- paired point
 def paired_point(model: SurfaceModel, landmarks: Landmarks, cfg: AlignmentConfig, t0: float) -> Estimate:
-    """Least-squares rigid fit of landmark pairs (Arun/Umeyama without scale)."""
-    X, Y = _pairs(model, landmarks)
-    if len(X) < 3:
-        msg = f"paired-point registration needs >= 3 landmark pairs, got {len(X)}"
-        raise ValueError(msg)
-    T = _kabsch(X, Y)  # T_sensor_model
-    resid = np.linalg.norm(transform_points(T, X) - Y, axis=1)
-    fre = float(np.sqrt(np.mean(resid**2)))
-    # Fitzpatrick: FLE^2 ~ FRE^2 N / (N - 2); covariance of the point-to-point fit.
-    n = len(X)
-    fle2 = fre**2 * n / (n - 2) if n > 3 else max(fre**2, 1.0)
-    J = np.vstack([np.hstack([-skew(x), np.eye(3)]) for x in X])
-    info = J.T @ J
-    cond = normalised_condition(info, float(np.sqrt(np.mean(np.sum((X - X.mean(0)) ** 2, 1)))))
-    cov = fle2 * np.linalg.pinv(info) if np.isfinite(cond) else np.full((6, 6), np.inf)
+    """Least-squares rigid fit of landmark pairs, with its FRE and honest status."""
+    fit = paired_point_fit(*landmark_pairs(model, landmarks))
+    n = len(fit.model_points)
     reasons = []
-    if n == 3:
+    if n == MIN_PAIRS:
         reasons.append("only 3 pairs: FRE cannot reveal a swapped or mislocated landmark")
-    if fre > cfg.max_fre_mm:
-        reasons.append(f"high FRE ({fre:.2f} mm)")
-    if not cond < 1e4:
-        reasons.append(f"landmarks nearly collinear (condition {cond:.0f})")
+    if fit.fre_mm > cfg.max_fre_mm:
+        reasons.append(f"high FRE ({fit.fre_mm:.2f} mm)")
+    if not fit.condition < 1e4:
+        reasons.append(f"landmarks nearly collinear (condition {fit.condition:.0f})")
     status = Status.DEGRADED if reasons else Status.TRACKING
-    return Estimate(T, status, 1.0, fre, n, _ms(t0), cov, tuple(reasons), fre_mm=fre, condition=cond)
-
-
-def _pairs(model: SurfaceModel, landmarks: Landmarks) -> tuple[F64, F64]:
-    if isinstance(landmarks, tuple):
-        X = np.asarray(landmarks[0], dtype=np.float64)
-        Y = np.asarray(landmarks[1], dtype=np.float64)
-    else:
-        names = list(landmarks)
-        X = np.array([model.target(k) for k in names], dtype=np.float64).reshape(-1, 3)
-        Y = np.array([landmarks[k] for k in names], dtype=np.float64).reshape(-1, 3)
-    if X.shape != Y.shape or X.ndim != 2 or X.shape[1] != 3:
-        msg = f"landmark pairs must be two (K, 3) arrays, got {X.shape} and {Y.shape}"
-        raise ValueError(msg)
-    return X, Y
-
-
-def _kabsch(X: F64, Y: F64) -> F64:
-    """T minimising sum |T x_i - y_i|^2 (proper rotation)."""
-    cx, cy = X.mean(0), Y.mean(0)
-    U, _, Vt = np.linalg.svd((X - cx).T @ (Y - cy))
-    D = np.diag([1.0, 1.0, np.sign(np.linalg.det(Vt.T @ U.T))])
-    R = Vt.T @ D @ U.T
-    T = np.eye(4)
-    T[:3, :3] = R
-    T[:3, 3] = cy - R @ cx
-    return T
+    return Estimate(fit.T_sensor_model, status, 1.0, fit.fre_mm, n, _ms(t0), fit.covariance, tuple(reasons),
+                    fre_mm=fit.fre_mm, condition=fit.condition)  # fmt: skip
 
 
 # ---------------------------------------------------------------- hypotheses
@@ -336,18 +309,33 @@ def _verify(
          if not _same_pose(r.T_model_sensor, best.T_model_sensor, model.centroid, cfg.distinct_mm)),
         float("inf"),
     )  # fmt: skip
-    # The search may not have found the right pose at all (a few smooth patches of skull
-    # fit anywhere); the model turned about the patient axes is the rival it must beat.
-    turned = best_turned_rival(
-        model,
-        every_kth(sample, cfg.turn_check_points),
-        best.T_model_sensor,
-        distinct_mm=cfg.distinct_mm,
-        iterations=cfg.turn_check_iterations,
-        inlier_mm=cfg.final_gate_mm,
-        trunc_mm=cfg.trunc_mm,
-    )
+    best, best_cost, turned = _beat_turned_rivals(model, sample, best, best_cost, cfg)
     return _estimate(model, sample, best, best_cost, rival, turned, cfg, t0)
+
+
+def _beat_turned_rivals(
+    model: SurfaceModel, sample: F64, best: IcpResult, best_cost: float, cfg: AlignmentConfig
+) -> tuple[IcpResult, float, TurnedRival | None]:
+    """The search may not have found the right pose at all (a few smooth patches of skull
+    fit anywhere): the model turned about the patient axes is the rival it must beat.
+    A turned pose that fits better is taken, refined, and checked again in turn."""
+    for attempt in range(cfg.turn_retries + 1):
+        turned = best_turned_rival(
+            model,
+            every_kth(sample, cfg.turn_check_points),
+            best.T_model_sensor,
+            distinct_mm=cfg.distinct_mm,
+            iterations=cfg.turn_check_iterations,
+            inlier_mm=cfg.final_gate_mm,
+            trunc_mm=cfg.trunc_mm,
+        )
+        if turned is None or turned.ratio >= 1.0 or attempt == cfg.turn_retries:
+            return best, best_cost, turned
+        log.info("initial alignment: a turned pose fits better (%.2fx); taking it", turned.ratio)
+        best = point_to_plane(model, sample, turned.T_model_sensor, max_corr_mm=2.0 * cfg.inlier_mm,
+                              min_corr_mm=cfg.final_gate_mm, iterations=60, min_points=12)  # fmt: skip
+        best_cost = truncated_cost(model, best.T_model_sensor, sample, cfg.trunc_mm)
+    return best, best_cost, None
 
 
 def _estimate(

@@ -1,8 +1,8 @@
 """The prepared patient surface: everything registration can compute once per model.
 
 A :class:`SurfaceModel` holds the skin mesh in model (patient LPS) millimetres with
-vertex normals, a KD-tree, a sparse *nearest-vertex lookup grid* (the reason tracking is
-fast: a correspondence is one array index instead of a KD-tree search), a uniform
+vertex normals, a KD-tree, a *nearest-vertex lookup grid* (registration/nearest_grid.py:
+the reason tracking is fast), a wider and coarser one for the pose searches, a uniform
 surface sample for global matching, and the landmarks of the patient-model folder.
 """
 
@@ -12,14 +12,17 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from registration.frames import F64
+from registration.nearest_grid import NearestGrid
+
+if TYPE_CHECKING:
+    from registration.batch_fit import Surface
 from registration.thinning import first_per_voxel
 
 log = logging.getLogger(__name__)
@@ -29,6 +32,9 @@ DEFAULT_GRID_MM = 2.0
 DEFAULT_BAND_MM = 16.0
 FEATURE_VOXEL_MM = 6.0  # FPFH scale of markerless initial alignment
 ANCHOR_SPACING_MM = 12.0  # seeds of its hypothesis sweep
+SEARCH_GRID_MM = 4.0  # cell of the wide grid the pose searches start on
+SEARCH_BAND_MM = 40.0  # how far off the surface a search start still finds the surface
+SEARCH_VERTEX_MM = 3.0  # vertices of that grid: one per cube of this size
 
 
 @dataclass(frozen=True)
@@ -66,7 +72,8 @@ class SurfaceModel:
         self.extent_mm = float(np.linalg.norm(self.bounds[1] - self.bounds[0]))
         self.grid_mm = float(grid_mm)
         self.band_mm = float(band_mm)
-        self._build_grid()
+        self.grid = NearestGrid.build(vertices_mm, self.tree, self.grid_mm, self.band_mm)
+        self._fit_surfaces: dict[bool, Surface] = {}
         self._scene: Any = None
         self._features: dict[float, tuple[F64, F64, F64]] = {}
         self._patch_anchors: dict[tuple[float, float], tuple[F64, F64]] = {}
@@ -141,12 +148,36 @@ class SurfaceModel:
     # ---------------------------------------------------------------- queries
     def lookup(self, points_model: F64) -> NDArray[np.int32]:
         """Nearest-vertex index for each model-frame point via the grid (-1 = off band)."""
-        ijk = (points_model * (1.0 / self.grid_mm) + self._grid_offset).astype(np.intp)
-        # Points off the grid are clipped onto its border cells, which lie a full band
-        # away from the surface and therefore hold -1: no separate bounds test needed.
-        flat = np.ravel_multi_index(tuple(ijk.T), self._grid_dims, mode="clip")
-        out: NDArray[np.int32] = self._grid[flat]
-        return out
+        return self.grid.lookup(points_model)
+
+    def fit_surface(self, *, wide: bool) -> Surface:
+        """The arrays batched fits read (registration/batch_fit.py): on the fine grid, or
+        ``wide``: a coarser grid (:data:`SEARCH_GRID_MM`) with a wide band
+        (:data:`SEARCH_BAND_MM`: the pose searches start centimetres off the surface)
+        over vertices thinned to one per :data:`SEARCH_VERTEX_MM` in single precision,
+        small enough to stay in the processor's cache. Built once (~0.3 s for wide)."""
+        from registration.batch_fit import Surface
+
+        if wide not in self._fit_surfaces:
+            if wide:
+                keep = first_per_voxel(self.vertices, SEARCH_VERTEX_MM)
+                V, N = self.vertices[keep], self.normals[keep]
+                grid = NearestGrid.build(V, cKDTree(V), SEARCH_GRID_MM, SEARCH_BAND_MM)
+                self._fit_surfaces[wide] = Surface(grid, V, N, np.float32)
+            else:
+                self._fit_surfaces[wide] = Surface(self.grid, self.vertices, self.normals, np.float64)
+        return self._fit_surfaces[wide]
+
+    def distance(self, points_model: F64) -> F64:
+        """Exact unsigned distance (mm) of model-frame points (N, 3) to the triangles
+        (Open3D ray-casting scene): for residuals that are reported, where the vertex
+        planes of the grid would overstate the distance on a coarse mesh."""
+        import open3d as o3d
+
+        if len(points_model) == 0:
+            return np.zeros(0)
+        q = o3d.core.Tensor(np.ascontiguousarray(points_model, dtype=np.float32))
+        return np.asarray(self.raycasting_scene.compute_distance(q).numpy(), dtype=np.float64)
 
     def nearest(self, points_model: F64) -> tuple[F64, NDArray[np.int64]]:
         """Exact nearest vertex (distance, index) via the KD-tree."""
@@ -215,9 +246,25 @@ class SurfaceModel:
         ``voxel_mm``, sweep anchors at ``spacing_mm``), so the first alignment does not
         pay for them and the model is not written to while shared. Returns self."""
         self.surface_sample(voxel_mm)
+        self.fit_surface(wide=True)
+        self.fit_surface(wide=False)
         self.anchors(spacing_mm)
         self.anchors(spacing_mm / 2.0)
         return self
+
+    def seeds(self, n: int) -> F64:
+        """``n`` surface vertices spread by farthest-point sampling (cached per ``n``): the
+        translation seeds of the pose searches."""
+        key = float(-1_000_000 - n)  # a key of its own in the cache of samples
+        if key not in self._features:
+            V = self.vertices
+            picked = [int(np.argmin(np.sum((V - self.centroid) ** 2, axis=1)))]
+            d2 = np.sum((V - V[picked[0]]) ** 2, axis=1)
+            for _ in range(n - 1):
+                picked.append(int(np.argmax(d2)))
+                d2 = np.minimum(d2, np.sum((V - V[picked[-1]]) ** 2, axis=1))
+            self._features[key] = (V[picked], self.normals[picked], np.zeros((0, 0)))
+        return self._features[key][0]
 
     def reference_points(self) -> F64:
         """(K, 3) points where target errors and pose differences are judged: the model's
@@ -232,31 +279,6 @@ class SurfaceModel:
         raise KeyError(msg)
 
     # ---------------------------------------------------------------- internals
-    def _build_grid(self) -> None:
-        """Nearest-vertex index for every voxel within ``band_mm`` of the surface.
-
-        Correspondence search then costs one gather; the price is a quantisation of the
-        query point by half a voxel, which for point-to-plane residuals on a surface with
-        radius of curvature R changes the residual by ~(h/2)^2 / (2R), far below noise.
-        """
-        h, band = self.grid_mm, self.band_mm
-        origin = self.bounds[0] - band
-        shape = np.ceil((self.bounds[1] + band - origin) / h).astype(np.int64) + 1
-        occ = np.zeros(tuple(shape), dtype=bool)
-        ijk = np.floor((self.vertices - origin) / h + 0.5).astype(np.int64)
-        occ[tuple(ijk.T)] = True
-        # Euclidean (not city-block) dilation, so diagonal cells of the band are kept.
-        occ = ndimage.distance_transform_edt(~occ) * h <= band + h
-        cells = np.argwhere(occ)
-        dist, idx = self.tree.query(origin + cells * h, workers=-1, distance_upper_bound=band)
-        grid = np.full(int(np.prod(shape)), -1, dtype=np.int32)
-        ok = np.isfinite(dist)
-        grid[np.ravel_multi_index(cells[ok].T, tuple(shape))] = idx[ok]
-        g3 = grid.reshape(tuple(shape))  # border cells must stay -1 (see ``lookup``)
-        g3[[0, -1]] = g3[:, [0, -1]] = g3[:, :, [0, -1]] = -1
-        self._grid = grid
-        self._grid_dims = (int(shape[0]), int(shape[1]), int(shape[2]))
-        self._grid_offset = 0.5 - origin / h  # cell index = point / h + offset, rounded
 
 
 def _landmarks(marks: dict[str, object] | None) -> tuple[Landmark, ...]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from numpy.typing import NDArray
@@ -19,6 +19,7 @@ from registration.confidence import (
 )
 from registration.depth import DepthFrame, depth_to_points
 from registration.estimate import Estimate, Status, lost, predicted_tre
+from registration.frame_kinds import CameraPoints, SurfaceTrace
 from registration.frames import (
     F64,
     as_transform,
@@ -35,6 +36,7 @@ from registration.icp import (
     point_to_plane,
 )
 from registration.model import SurfaceModel
+from registration.navigation import NavigationConfig, register_trace
 from registration.thinning import every_kth
 from registration.turns import TurnedRival, best_turned_rival
 
@@ -59,10 +61,12 @@ class TrackerConfig:
     see_through_margin_mm: float = 6.0
     lock_check_points: int = 120  # points of the rival-pose check made before a lock
     lock_check_trunc_mm: float = 5.0
+    recheck_every: int = 8  # usable frames short of a lock between turn checks
     confidence: ConfidenceConfig = field(default_factory=ConfidenceConfig)
+    trace: NavigationConfig = field(default_factory=NavigationConfig)  # surface-trace frames
 
 
-Frame = F64 | DepthFrame
+Frame = F64 | DepthFrame | CameraPoints | SurfaceTrace
 
 
 class Tracker:
@@ -70,6 +74,13 @@ class Tracker:
 
     ``start`` is an :class:`Estimate` (e.g. from ``initial_alignment``) or a 4x4
     ``T_sensor_model``. ``update`` never raises on bad frames; it returns ``lost``.
+
+    Frames are depth images (:class:`DepthFrame`), camera point clouds
+    (:class:`CameraPoints`, or a plain (N, 3) array) or surface traces from a tracked
+    pointer (:class:`SurfaceTrace`); registration/frame_kinds.py lists the checks that
+    apply to each. A trace is refined from the current pose by the navigation workflow's
+    robust refinement (a local search, then robust ICP; registration/refine.py) and
+    judged at once, without the stream's three-frame hysteresis.
     """
 
     def __init__(self, model: SurfaceModel, start: Estimate | F64, config: TrackerConfig | None = None) -> None:
@@ -92,6 +103,8 @@ class Tracker:
 
     def update(self, frame: Frame, timestamp_ns: int) -> Estimate:
         t0 = time.perf_counter()
+        if isinstance(frame, SurfaceTrace):
+            return self._update_trace(frame, int(timestamp_ns), t0)
         try:
             timestamp_ns = int(timestamp_ns)
             T_pred = self._predict(timestamp_ns)
@@ -106,9 +119,26 @@ class Tracker:
             return self._lost(t0, f"internal error: {exc!r}", timestamp_ns)
 
     # ------------------------------------------------------------------ steps
+    def _update_trace(self, trace: SurfaceTrace, ts: int, t0: float) -> Estimate:
+        """A whole pointer trace: robust refinement from the current pose and the trace
+        verdict (registration/navigation.py); an accepted result moves the pose."""
+        try:
+            result = register_trace(self.model, trace, start=self._T, config=self.config.trace)
+        except Exception as exc:  # noqa: BLE001 - the guidance loop must never die on a frame
+            log.exception("trace refinement failed at %d", ts)
+            return self._lost(t0, f"internal error: {exc!r}", ts)
+        status = self._machine.set(result.status)
+        if status is not Status.LOST:
+            self._T = result.T_sensor_model
+        self._velocity = np.zeros(6)
+        self._last_ts = ts
+        return replace(result.estimate(), elapsed_ms=(time.perf_counter() - t0) * 1e3, timestamp_ns=ts)
+
     def _points(self, frame: Frame, T_pred: F64) -> F64:
         if isinstance(frame, DepthFrame):
             return depth_to_points(frame, self.config.stride, self._roi(frame, T_pred), self._candidates())
+        if isinstance(frame, CameraPoints):
+            return every_kth(frame.points_mm, self._candidates())
         pts = np.asarray(frame, dtype=np.float64)
         if pts.ndim != 2 or pts.shape[1] != 3:
             msg = f"points must be (N, 3) mm, got shape {pts.shape}"
@@ -184,10 +214,14 @@ class Tracker:
         q = FrameQuality(n_in, fitness, rmse, cond, tre, jump_mm, jump_deg, h_fit, h_rmse, see)
         entering = self._machine.status is not Status.TRACKING
         problems = failures(q, cfg.confidence, entering=entering)
-        if not problems and self._machine.locks_on_next_good():
+        # Before a lock, and now and then while a usable fit stays short of one (a face
+        # upside down fits almost well enough), the model turned about the patient axes
+        # is tried: a turned pose that fits better is taken, and checked again later.
+        stuck = self._machine.bad_run > 0 and self._machine.bad_run % cfg.recheck_every == 0
+        if (not problems and self._machine.locks_on_next_good()) or stuck:
             rival = self._rival(fit, res.T_model_sensor)
             if rival is not None:  # a turned pose fits as well: no lock; a better one is tried next
-                problems = (f"ambiguous: the model turned about a patient axis fits as well ({rival.ratio:.2f}x)",)
+                problems = (*problems, f"ambiguous: the model turned about a patient axis fits as well ({rival.ratio:.2f}x)")
                 if rival.ratio < 1.0:
                     T_new = invert(rival.T_model_sensor)
         status = self._machine.step(True, problems)

@@ -15,9 +15,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from registration.batch_fit import gauss_newton, truncated_costs
 from registration.frames import F64, invert, max_displacement_mm, se3_exp, transform_points
-from registration.icp import point_to_plane, truncated_cost
 from registration.model import SurfaceModel
+from registration.rotations import local_rotations
+
+BALL_DEG = 8.0  # each turn is started from a ball of rotations ...
+BALL_STEP_DEG = 8.0
+BALL_MM = 6.0  # ... and shifts around it
 
 
 @dataclass(frozen=True)
@@ -50,21 +55,36 @@ def best_turned_rival(
 ) -> TurnedRival | None:
     """The turned pose with the lowest truncated cost among those that end more than
     ``distinct_mm`` from ``T_model_sensor`` (at the model's targets, else its centroid),
-    or None when every turn came back to the same pose."""
-    refs = model.reference_points()
-    own = max(truncated_cost(model, T_model_sensor, points_sensor, trunc_mm), 1e-6)
-    T_here = invert(T_model_sensor)
+    or None when every turn came back to the same pose.
+
+    Each turn (and the pose itself, for a fair comparison) is started from a small ball
+    of rotations and shifts around it and refined in one batch (registration/batch_fit.py):
+    a single ICP from a half turn about a rough centre often stops short of the turned
+    basin's bottom and would make a better turned pose look worse than it is."""
     c = transform_points(T_model_sensor, points_sensor).mean(axis=0)
+    Q = transform_points(T_model_sensor, points_sensor) - c  # centred in the model frame
+    ball = local_rotations(BALL_DEG, BALL_STEP_DEG)
+    shifts = np.vstack([np.zeros(3), BALL_MM * np.vstack([np.eye(3), -np.eye(3)])])
+    groups = [np.eye(3), *TURNS]
+    R = np.concatenate([np.repeat((ball @ G)[None], len(shifts), axis=0).reshape(-1, 3, 3) for G in groups])
+    t = np.tile(np.repeat(c + shifts, len(ball), axis=0), (len(groups), 1))
+    fine = model.fit_surface(wide=False)
+    gates = np.linspace(15.0, inlier_mm, max(iterations, 2))
+    R, t = gauss_newton(fine, R, t, Q, tuple(gates) + (inlier_mm,) * 2)
+    cost = truncated_costs(fine, R, t, Q, trunc_mm).reshape(len(groups), -1)
+    pick = np.argmin(cost, axis=1)
+    own = max(float(cost[0, pick[0]]), 1e-6)
+    refs = model.reference_points()
     best: TurnedRival | None = None
-    for R in TURNS:
-        turn = np.eye(4)
-        turn[:3, :3] = R
-        turn[:3, 3] = c - R @ c  # about the seen surface, in the patient frame
-        res = point_to_plane(model, points_sensor, turn @ T_model_sensor, max_corr_mm=15.0,
-                             min_corr_mm=inlier_mm, iterations=iterations, tol_mm=0.1)  # fmt: skip
-        if max_displacement_mm(T_here, invert(res.T_model_sensor), refs) < distinct_mm:
+    for g in range(1, len(groups)):
+        k = g * cost.shape[1] + pick[g]
+        T = np.eye(4)
+        T[:3, :3] = R[k]
+        T[:3, 3] = t[k] - R[k] @ c
+        T = T @ T_model_sensor  # the batch moved the model-frame points; back to sensor points
+        if max_displacement_mm(invert(T_model_sensor), invert(T), refs) < distinct_mm:
             continue  # came back to the same pose
-        ratio = truncated_cost(model, res.T_model_sensor, points_sensor, trunc_mm) / own
+        ratio = float(cost[g, pick[g]]) / own
         if best is None or ratio < best.ratio:
-            best = TurnedRival(ratio, res.T_model_sensor)
+            best = TurnedRival(ratio, T)
     return best

@@ -1,0 +1,280 @@
+"""Markerless registration of a surface trace: a global search that finds the right basin
+or says it cannot.
+
+A trace (pointer touches or sweeps, 6 to a few thousand points) has no camera, no
+sensor-frame prior and often no usable normals, so the search assumes nothing about
+its frame: the points are moved to their own canonical frame (centroid, principal
+axes), and every orientation of SO(3) on a uniform grid is tried at translation seeds
+spread over the model, each start pulled in by a few robust point-to-plane steps on a
+wide nearest-vertex grid (registration/batch_fit.py, compiled). Coarse to fine: all
+starts on a small subset, the best few thousand on a larger one, the best distinct
+basins on every point, and the two best polished by a local search. A trace in any
+tracker frame is therefore scored the same.
+
+The verdict compares the best basin with the best *distinct* rival (a pose that moves
+the model's reference points by more than ``distinct_mm``): a rival costing less than
+``ambiguity_ratio`` times the best means the data cannot tell them apart, and the
+result says so, with the rival pose and how far it would move the targets. Traces too
+small to decide (fewer than ``min_points``, or a patch under ``min_radius_mm``) are
+refused with the reason before any search.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from numba import njit  # type: ignore[import-untyped]
+from numpy.typing import NDArray
+
+from registration.ambiguity import fair_cost_ratio
+from registration.batch_fit import Surface, gauss_newton, transform_batch, truncated_costs
+from registration.frames import F64, invert, max_displacement_mm
+from registration.model import SurfaceModel
+from registration.rotations import local_rotations, uniform_rotations
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    min_points: int = 6
+    min_radius_mm: float = 12.0  # RMS distance from the centroid; smaller patches are refused
+    rotations: int = 2048  # uniform grid over SO(3) (~22 degrees apart)
+    seeds: int = 64  # translation seeds over the model surface
+    coarse_points: int = 16
+    coarse_gates_mm: tuple[float, ...] = (30.0, 20.0, 12.0)
+    coarse_trunc_mm: float = 10.0
+    keep: int = 1500  # starts passed from the coarse to the fine stage
+    fine_points: int = 64
+    fine_gates_mm: tuple[float, ...] = (10.0, 7.0, 5.0, 4.0, 3.0)
+    basins: int = 8  # distinct basins refined on every point
+    final_points: int = 1500
+    final_gates_mm: tuple[float, ...] = (5.0, 4.0, 3.0, 3.0, 2.5, 2.5, 2.5, 2.5)
+    trunc_mm: float = 2.5  # truncation of the costs that rank converged basins (~5 sigma of pointer noise)
+    polish_deg: float = 6.0  # local search around the two best: rotation ball ...
+    polish_step_deg: float = 3.0
+    polish_mm: float = 4.0  # ... and translation offsets
+    distinct_mm: float = 6.0
+    ambiguity_ratio: float = 2.0  # the best distinct rival must cost at least this many times more
+    verdict_trunc_mm: float = 2.5  # least truncation of the verdict's costs (registration/ambiguity.py)
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Basin:
+    """One local optimum of the search: ``T_model_sensor`` and its truncated cost."""
+
+    T_model_sensor: F64
+    cost: float
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """The best basin, its best distinct rival (None if every start ended in the best),
+    their cost ratio (inf without a rival) and the rival's displacement of the
+    reference points (mm)."""
+
+    best: Basin | None
+    rival: Basin | None
+    ratio: float
+    rival_shift_mm: float
+    refused: str | None = None
+    elapsed_ms: float = 0.0
+    starts: int = 0
+    basins: tuple[Basin, ...] = field(default=())
+
+    @property
+    def ambiguous(self) -> bool:
+        return self.best is not None and self.rival is not None and self.ratio < SearchConfig.ambiguity_ratio
+
+
+def canonical_frame(points: F64) -> F64:
+    """T_canonical_sensor: the centroid to the origin, principal axes (largest spread
+    first) onto x, y, z, each axis signed by the third moment so the frame is the same
+    whatever rigid frame the points arrive in."""
+    c = points.mean(axis=0)
+    d = points - c
+    _, vecs = np.linalg.eigh(d.T @ d)
+    V = vecs[:, ::-1].copy()
+    for k in range(2):
+        if np.sum((d @ V[:, k]) ** 3) < 0:
+            V[:, k] = -V[:, k]
+    V[:, 2] = np.cross(V[:, 0], V[:, 1])
+    T = np.eye(4)
+    T[:3, :3] = V.T
+    T[:3, 3] = -V.T @ c
+    return T
+
+
+def spread_order(Q: F64, k: int) -> NDArray[np.int64]:
+    """Indices of the first ``k`` points of ``Q`` in farthest-point order within the plane
+    of the two largest principal axes (canonical x, y): every prefix is a well-spread
+    subset, and points lifted off the skin, which stand out along the third axis only,
+    are not preferred."""
+    out: NDArray[np.int64] = _farthest_point_order(np.ascontiguousarray(Q[:, :2]), min(k, len(Q)))
+    return out
+
+
+@njit(cache=True)  # type: ignore[misc]
+def _farthest_point_order(xy, k):  # type: ignore[no-untyped-def]
+    n = xy.shape[0]
+    order = np.empty(k, dtype=np.int64)
+    d2 = np.empty(n)
+    start = 0
+    best = np.inf
+    for i in range(n):  # start nearest the centroid (the origin of the canonical frame)
+        r = xy[i, 0] ** 2 + xy[i, 1] ** 2
+        if r < best:
+            best, start = r, i
+    for i in range(n):
+        d2[i] = (xy[i, 0] - xy[start, 0]) ** 2 + (xy[i, 1] - xy[start, 1]) ** 2
+    order[0] = start
+    for m in range(1, k):
+        j = int(np.argmax(d2))
+        order[m] = j
+        for i in range(n):
+            d = (xy[i, 0] - xy[j, 0]) ** 2 + (xy[i, 1] - xy[j, 1]) ** 2
+            if d < d2[i]:
+                d2[i] = d
+    return order
+
+
+class _Trace:
+    """A trace in its canonical frame with its spread order: ``take(n)`` is a subset."""
+
+    def __init__(self, Q: F64, most: int) -> None:
+        self.Q = Q
+        self.order = spread_order(Q, most)
+
+    def take(self, n: int) -> F64:
+        """``n`` spread points (all when there are fewer; at most the ``most`` ordered)."""
+        return self.Q if len(self.Q) <= n else self.Q[np.sort(self.order[:n])]
+
+
+def search(model: SurfaceModel, points_sensor: F64, config: SearchConfig | None = None) -> SearchResult:
+    """Global search for ``T_model_sensor`` of trace points (N, 3) in any frame (mm)."""
+    cfg = config or SearchConfig()
+    t0 = time.perf_counter()
+    refused = _refusal(points_sensor, cfg)
+    if refused:
+        return SearchResult(None, None, float("inf"), 0.0, refused, (time.perf_counter() - t0) * 1e3)
+    T_can = canonical_frame(points_sensor)
+    trace = _Trace(points_sensor @ T_can[:3, :3].T + T_can[:3, 3], cfg.final_points)
+    coarse = _coarse(model, trace, cfg)
+    basins = _basins(model, trace, coarse, cfg)
+    basins = _polish(model, trace, basins[:2], cfg) + basins[2:]
+    basins.sort(key=lambda b: b.cost)
+    # Back to the sensor frame: T_model_sensor = T_model_canonical @ T_canonical_sensor.
+    basins = [Basin(b.T_model_sensor @ T_can, b.cost) for b in basins]
+    best = basins[0]
+    refs = _reference_points(model, trace, best.T_model_sensor @ invert(T_can))
+    rival = next((b for b in basins[1:] if _shift(best, b, refs) > cfg.distinct_mm), None)
+    ratio = (
+        float("inf")
+        if rival is None
+        else fair_cost_ratio(model, points_sensor, best.T_model_sensor, rival.T_model_sensor, cfg.verdict_trunc_mm)
+    )
+    shift = 0.0 if rival is None else _shift(best, rival, model.reference_points())
+    ms = (time.perf_counter() - t0) * 1e3
+    log.info("trace search: %d points, best cost %.2f, rival ratio %.2f, %.0f ms", len(points_sensor), best.cost, ratio, ms)
+    return SearchResult(best, rival, ratio, shift, None, ms, cfg.rotations * cfg.seeds, tuple(basins))
+
+
+def _refusal(points: F64, cfg: SearchConfig) -> str | None:
+    if len(points) < cfg.min_points:
+        return f"too few trace points ({len(points)}; at least {cfg.min_points})"
+    radius = float(np.sqrt(np.mean(np.sum((points - points.mean(axis=0)) ** 2, axis=1))))
+    if radius < cfg.min_radius_mm:
+        return (
+            f"the trace covers too small a patch (RMS radius {radius:.1f} mm, at least {cfg.min_radius_mm:.0f}): "
+            "trace over a wider area of distinct anatomy"
+        )
+    return None
+
+
+def _search_surface(model: SurfaceModel) -> Surface:
+    return model.fit_surface(wide=True)
+
+
+def _fine_surface(model: SurfaceModel) -> Surface:
+    return model.fit_surface(wide=False)
+
+
+def _coarse(model: SurfaceModel, trace: _Trace, cfg: SearchConfig) -> tuple[F64, F64]:
+    """Every grid rotation at every seed, a few wide steps on a small subset; then the
+    best ``keep`` starts a few narrower steps on a larger one. Returns (R, t) sorted by
+    cost."""
+    surf = _search_surface(model)
+    R0 = uniform_rotations(cfg.rotations)
+    seeds = model.seeds(cfg.seeds)
+    R = np.repeat(R0[None], len(seeds), axis=0).reshape(-1, 3, 3)
+    t = np.repeat(seeds, len(R0), axis=0)
+    small = trace.take(cfg.coarse_points)
+    R, t = gauss_newton(surf, R, t, small, cfg.coarse_gates_mm)
+    cost = truncated_costs(surf, R, t, small, cfg.coarse_trunc_mm)
+    top = np.argsort(cost)[: cfg.keep]
+    mid = trace.take(cfg.fine_points)
+    R, t = gauss_newton(surf, R[top], t[top], mid, cfg.fine_gates_mm)
+    cost = truncated_costs(_fine_surface(model), R, t, mid, cfg.trunc_mm)
+    order = np.argsort(cost)
+    return R[order], t[order]
+
+
+def _basins(model: SurfaceModel, trace: _Trace, starts: tuple[F64, F64], cfg: SearchConfig) -> list[Basin]:
+    """The best distinct starts (non-maximum suppression by displacement of the trace's
+    own points), refined on up to ``final_points`` points and scored on all of them."""
+    R, t = starts
+    placed = transform_batch(R, t, trace.take(8))  # (K, 8, 3): where each start puts the trace
+    picked: list[int] = []
+    for k in range(len(R)):
+        if all(np.max(np.linalg.norm(placed[k] - placed[i], axis=1)) > cfg.distinct_mm for i in picked):
+            picked.append(k)
+            if len(picked) == cfg.basins:
+                break
+    fine = _fine_surface(model)
+    Rf, tf = gauss_newton(fine, R[picked], t[picked], trace.take(cfg.final_points), cfg.final_gates_mm)
+    cost = truncated_costs(fine, Rf, tf, trace.Q, cfg.trunc_mm)
+    return sorted((Basin(_transform(Rf[i], tf[i]), float(cost[i])) for i in range(len(picked))), key=lambda b: b.cost)
+
+
+def _polish(model: SurfaceModel, trace: _Trace, basins: list[Basin], cfg: SearchConfig) -> list[Basin]:
+    """A local search around each basin: a ball of rotations and a few translation
+    offsets, each refined briefly; the lowest cost wins (a plain ICP can stop a few
+    degrees short, in a neighbouring minimum, on a patch with little curvature)."""
+    fine = _fine_surface(model)
+    Rl = local_rotations(cfg.polish_deg, cfg.polish_step_deg)
+    offsets = np.vstack([np.zeros(3), cfg.polish_mm * np.vstack([np.eye(3), -np.eye(3)])])
+    pts = trace.take(cfg.fine_points)
+    out = []
+    for b in basins:
+        R = np.einsum("kij,jl->kil", Rl, b.T_model_sensor[:3, :3])
+        R = np.repeat(R[None], len(offsets), axis=0).reshape(-1, 3, 3)
+        t = np.repeat(b.T_model_sensor[:3, 3] + offsets, len(Rl), axis=0)
+        R, t = gauss_newton(fine, R, t, pts, (4.0, 3.0, 2.5, 2.5))
+        cost = truncated_costs(fine, R, t, pts, cfg.trunc_mm)
+        k = int(np.argmin(cost))
+        R1, t1 = gauss_newton(fine, R[k : k + 1], t[k : k + 1], trace.take(cfg.final_points), cfg.final_gates_mm)
+        c1 = float(truncated_costs(fine, R1, t1, trace.Q, cfg.trunc_mm)[0])
+        out.append(Basin(_transform(R1[0], t1[0]), c1) if c1 < b.cost else b)
+    return out
+
+
+def _reference_points(model: SurfaceModel, trace: _Trace, T_model_canonical: F64) -> F64:
+    """Where two poses are compared: the model's reference points and the trace itself."""
+    seen = trace.take(16) @ T_model_canonical[:3, :3].T + T_model_canonical[:3, 3]
+    return np.vstack([model.reference_points(), seen])
+
+
+def _shift(a: Basin, b: Basin, refs_model: F64) -> float:
+    """Largest displacement (mm) of model-frame reference points between two poses."""
+    return max_displacement_mm(invert(a.T_model_sensor), invert(b.T_model_sensor), refs_model)
+
+
+def _transform(R: F64, t: F64) -> F64:
+    T = np.eye(4)
+    T[:3, :3] = R
+    T[:3, 3] = t
+    return T
