@@ -58,7 +58,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="corpus-prepare-") as work:
 
         def one(case: CorpusCase) -> Outcome:
-            outcome = run_case(case, Path(work), repo=args.repo.resolve())
+            try:
+                outcome = run_case(case, Path(work), repo=args.repo.resolve())
+            except Exception as exc:  # the corpus's own builder failed: say so, go on
+                print(f"BUILD FAILED   {case.name}: {exc.__class__.__name__}: {exc}", flush=True)
+                return Outcome(case, OTHER, -1, f"build failed: {exc!r}", 0.0, 0.0)
             if outcome.kind == OTHER or outcome.wrong_model or outcome.missing_model:
                 print(f"{_verdict(outcome):14s} {case.name}: {_first_line(outcome)}", flush=True)
             return outcome
@@ -135,7 +139,9 @@ def markdown(outcomes: list[Outcome], wall_s: float, jobs: int) -> str:
         "",
         f"Models from inputs that must be refused: {len(wrong)}. "
         f"Inputs that must give a model and did not: {len(missing)}. Anything else: {len(other)}"
-        + (f" ({sum(o.case.name in KNOWN_OTHER_ENGINEER for o in other)} known, issue 15 items 4-5)." if other else "."),
+        + (
+            f" ({sum(o.case.name in KNOWN_OTHER_ENGINEER for o in other)} known, issue 15 items 4-5)." if other else "."
+        ),
     ]
     for o in wrong + missing + other:
         lines.append(f"- `{o.case.name}` ({_verdict(o).lower()}): {_first_line(o)}")

@@ -12,7 +12,8 @@ The plausible ranges are named constants below; lengths are in mm, values in HU.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -41,7 +42,7 @@ CONTENT_SAMPLE_VOXELS = 1 << 20  # the tissue fraction is estimated on about thi
 CT_MODALITY = "CT"
 
 
-def _fmt(values: Sequence[float]) -> str:
+def _fmt(values: Iterable[float]) -> str:
     return "(" + ", ".join(f"{float(v):g}" for v in values) + ")"
 
 
@@ -61,7 +62,11 @@ def check_spacing(where: object, spacing: Sequence[float], field: str = "voxel s
 def check_direction(where: object, direction: Sequence[float]) -> None:
     """A 3x3 direction matrix (row-major) that is finite, orthonormal and not degenerate."""
     d = np.asarray(direction, dtype=np.float64)
-    if d.size != 9 or not np.all(np.isfinite(d)) or not np.allclose(d.reshape(3, 3).T @ d.reshape(3, 3), np.eye(3), atol=ORTHONORMAL_TOLERANCE):
+    if (
+        d.size != 9
+        or not np.all(np.isfinite(d))
+        or not np.allclose(d.reshape(3, 3).T @ d.reshape(3, 3), np.eye(3), atol=ORTHONORMAL_TOLERANCE)
+    ):
         msg = f"{where}: direction matrix is not orthonormal (sheared or tilted grid): {tuple(direction)}"
         raise InputError(msg)
 
@@ -121,7 +126,7 @@ def check_modality(where: object, modality: str, allowed: Sequence[str] = ()) ->
     raise InputError(msg)
 
 
-def check_finite_voxels(where: object, voxels: npt.NDArray[np.generic]) -> None:
+def check_finite_voxels(where: object, voxels: npt.NDArray[Any]) -> None:
     if np.issubdtype(voxels.dtype, np.floating):
         n_bad = int(np.count_nonzero(~np.isfinite(voxels)))
         if n_bad:
@@ -129,7 +134,7 @@ def check_finite_voxels(where: object, voxels: npt.NDArray[np.generic]) -> None:
             raise InputError(msg)
 
 
-def check_ct_content(where: object, voxels: npt.NDArray[np.generic]) -> None:
+def check_ct_content(where: object, voxels: npt.NDArray[Any]) -> None:
     """Air around the patient and tissue inside: without both, thresholds give the volume's box.
 
     Air is looked for on the four in-plane faces of the grid ([z, y, x] numpy order: the y and x

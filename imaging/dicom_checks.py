@@ -45,9 +45,7 @@ class SliceFacts:
 def series_facts(folder: Path, entry: SeriesEntry) -> list[SliceFacts]:
     """Facts of every slice: from the fast path's headers, else pydicom in a guarded child."""
     if entry.fast is not None:
-        return [
-            SliceFacts(f.header.file, f.modality, f.pixel_spacing, f.slope, f.intercept) for f in entry.fast
-        ]
+        return [SliceFacts(f.header.file, f.modality, f.pixel_spacing, f.slope, f.intercept) for f in entry.fast]
     files = entry.files
     return run_guarded(folder, "reading the DICOM slice headers", lambda: [read_slice_facts(Path(f)) for f in files])
 

@@ -170,10 +170,14 @@ def _reap(pid: int) -> int:
     return status
 
 
+def killed_by(status: int) -> str | None:
+    """The signal that ended a child (``os.waitpid`` status), by name; None if it exited."""
+    return signal.Signals(os.WTERMSIG(status)).name if os.WIFSIGNALED(status) else None
+
+
 def _outcome(where: Path | str, task: str, data: bytes, status: int, limits: Limits) -> object:
     if not data:
-        if os.WIFSIGNALED(status):
-            name = signal.Signals(os.WTERMSIG(status)).name
+        if (name := killed_by(status)) is not None:
             msg = f"{where}: {task} crashed the reader ({name}); refused (damaged or hostile file?)"
         else:
             msg = f"{where}: {task} failed without a result (exit status {os.waitstatus_to_exitcode(status)})"

@@ -33,18 +33,23 @@ from typing import TypeVar, cast
 import numpy as np
 
 from imaging.errors import ImagingError, InputError
-from imaging.guarded import DISABLE_ENV
+from imaging.guarded import DISABLE_ENV, killed_by
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 GIB = 1024**3
 
-# Resident memory of a prepare process before the volume's share: Python, numpy, SimpleITK,
-# VTK and the pipeline's code (measured: see the module docstring).
+# Measured with bench/memory_prepare.py (NIfTI in, skin + bone out, 256x256x96 and 512x512x96
+# voxels; the slope between the two sizes is the bytes per voxel, the intercept the base):
+#   voxel type   head in air   body up to a 1-voxel ring of air   no air (refused after loading)
+#   int16            9.6                 34.3                          4.0
+#   int32 / f32     13.2                 36.3                          8.0 / 9.0
+#   float64         16.7                 40.3                         17.0
+#   uint8        (refused after loading: no value can be HU air)       2.0
+# intercepts 133..359 MiB. The table holds the worst accepted content, rounded up.
 BASE_BYTES = 400 * 1024**2
-# Peak resident bytes per input voxel, by the item size of the voxels as loaded.
-PEAK_BYTES_PER_VOXEL: Mapping[int, float] = {1: 30.0, 2: 35.0, 4: 45.0, 8: 60.0}
+PEAK_BYTES_PER_VOXEL: Mapping[int, float] = {1: 4.0, 2: 36.0, 4: 38.0, 8: 42.0}
 INTERRUPT_GRACE_S = 5.0  # for the child to clean up after Ctrl-C
 WATCH_INTERVAL_S = 0.01  # allocation runs at a few GB/s: the overshoot is tens of MB at most
 _PAGE_BYTES = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
@@ -182,8 +187,7 @@ def _watch(where: object, pid: int, fd: int, budget_bytes: int, calls: Calls) ->
                 return value
             raise value
     _, status = os.waitpid(pid, 0)
-    if os.WIFSIGNALED(status):
-        name = signal.Signals(os.WTERMSIG(status)).name
+    if (name := killed_by(status)) is not None:
         msg = f"{where}: processing crashed ({name}) before finishing"
     else:
         msg = f"{where}: processing stopped without a result (exit status {os.waitstatus_to_exitcode(status)})"

@@ -19,11 +19,15 @@ import struct
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 NIFTI1_SIZE, NIFTI2_SIZE = 348, 540
-NIFTI_FLOAT_TYPES = {16: np.dtype(np.float32), 64: np.dtype(np.float64)}  # NIfTI datatype codes
+NIFTI_FLOAT_TYPES: dict[int, np.dtype[Any]] = {
+    16: np.dtype(np.float32),
+    64: np.dtype(np.float64),
+}  # NIfTI datatype codes
 SCAN_CHUNK_BYTES = 1 << 23  # raw voxels are scanned 8 MiB at a time
 
 
@@ -131,10 +135,10 @@ def nifti_field_problem(header: NiftiHeader) -> str | None:
 
 def nifti_nonfinite_voxels(path: Path, header: NiftiHeader) -> int:
     """NaN/inf voxels in a float NIfTI's raw data (ITK returns them as numbers); 0 for integers."""
-    dtype = NIFTI_FLOAT_TYPES.get(header.datatype)
-    if dtype is None:
+    native = NIFTI_FLOAT_TYPES.get(header.datatype)
+    if native is None:
         return 0
-    dtype = dtype.newbyteorder(header.byte_order)
+    dtype = native.newbyteorder(">" if header.byte_order == ">" else "<")
     opener = gzip.open if path.name.lower().endswith(".gz") else open
     left = header.n_voxels * dtype.itemsize
     chunk = SCAN_CHUNK_BYTES - SCAN_CHUNK_BYTES % dtype.itemsize

@@ -232,6 +232,13 @@ def _stacked(path: Path, n: int = 6) -> Callable[[Path], Path]:
     """A series of ``n`` copies of one file, moved along the slice normal (as if scanned)."""
 
     def build(where: Path) -> Path:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydicom's own test files are odd on purpose
+            return _stack(where)
+
+    def _stack(where: Path) -> Path:
         import pydicom
         from pydicom.uid import generate_uid
 
@@ -359,6 +366,7 @@ def mha_bytes(
     data: bytes | None = None,
 ) -> bytes:
     """A MetaImage file of ``voxels`` [z, y, x] (numpy order), little-endian."""
+    voxels = voxels.astype(voxels.dtype.newbyteorder("="))  # native order: the table's keys
     raw = np.ascontiguousarray(voxels).astype(voxels.dtype.newbyteorder("<")).tobytes()
     body = zlib.compress(raw) if compressed else raw
     shape = voxels.shape[:3] if channels > 1 else voxels.shape

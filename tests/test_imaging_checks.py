@@ -84,32 +84,42 @@ def test_pixel_spacing_that_differs_between_slices_is_refused(tmp_path: Path) ->
 @pytest.mark.parametrize(("value", "shown"), [("0", "0"), ("NaN", "nan"), ("inf", "inf")])
 def test_rescale_slope_zero_or_not_finite_is_refused(tmp_path: Path, value: str, shown: str) -> None:
     folder = _series(tmp_path, _edit_each(_raw_ds(RESCALE_SLOPE, value)))
-    _refused(folder, rf"\(0028,1053\) Rescale slope {shown} / intercept -1024: the stored values cannot be turned into HU")
+    _refused(
+        folder, rf"\(0028,1053\) Rescale slope {shown} / intercept -1024: the stored values cannot be turned into HU"
+    )
 
 
 def test_slices_400_mm_apart_are_not_a_patient(tmp_path: Path) -> None:
     positions = [(-50.0, -60.0, 400.0 * k) for k in range(ct_volume().shape[0])]
-    _refused(_series(tmp_path, positions=positions), r"invalid voxel spacing \(1\.0, 1\.0, 400\.0\) mm: outside the plausible 0\.05\.\.20 mm")
+    _refused(
+        _series(tmp_path, positions=positions),
+        r"invalid voxel spacing \(1\.0, 1\.0, 400\.0\) mm: outside the plausible 0\.05\.\.20 mm",
+    )
 
 
-@pytest.mark.parametrize(("spacing", "problem"), [(["1e30", "1e30"], "outside the plausible"), (["0", "0"], "not a positive number")])
+@pytest.mark.parametrize(
+    ("spacing", "problem"), [(["1e30", "1e30"], "outside the plausible"), (["0", "0"], "not a positive number")]
+)
 def test_implausible_pixel_spacing_is_refused(tmp_path: Path, spacing: list[str], problem: str) -> None:
     folder = _series(tmp_path, _edit_each(_set(PixelSpacing=spacing)))
     _refused(folder, rf"\(0028,0030\) Pixel Spacing .* mm: {problem}")
 
 
-@pytest.mark.parametrize(
-    ("modality", "sop_class"), [("MR", MR_STORAGE), ("OT", SC_STORAGE), ("US", US_STORAGE)]
-)
+@pytest.mark.parametrize(("modality", "sop_class"), [("MR", MR_STORAGE), ("OT", SC_STORAGE), ("US", US_STORAGE)])
 def test_other_modalities_are_refused(tmp_path: Path, modality: str, sop_class: str) -> None:
     folder = _series(tmp_path, _edit_each(_relabel(modality, sop_class)))
-    _refused(folder, rf"\(0008,0060\) Modality is {modality}, not CT: only CT is prepared \(--allow-modality {modality} to accept it\)")
+    _refused(
+        folder,
+        rf"\(0008,0060\) Modality is {modality}, not CT: only CT is prepared \(--allow-modality {modality} to accept it\)",
+    )
 
 
 def test_allowed_modality_loads_with_a_warning(tmp_path: Path) -> None:
     folder = _series(tmp_path, _edit_each(_relabel("OT", SC_STORAGE)))
     volume = load_ct(folder, allowed_modalities=("OT",))
-    assert volume.source.warnings == ("modality OT accepted with --allow-modality: thresholds assume CT Hounsfield units",)
+    assert volume.source.warnings == (
+        "modality OT accepted with --allow-modality: thresholds assume CT Hounsfield units",
+    )
     assert load_ct(_series(tmp_path / "ct")).source.warnings == ()
 
 
@@ -126,7 +136,10 @@ def test_cli_allow_modality_records_the_warning_in_the_manifest(tmp_path: Path) 
 
 
 def test_rgb_series_is_one_clean_refusal(tmp_path: Path) -> None:
-    _refused(_series(tmp_path, _rgb), r"\(0028,0002\) Samples per Pixel 3, \(0028,0004\) Photometric Interpretation RGB: a colour image")
+    _refused(
+        _series(tmp_path, _rgb),
+        r"\(0028,0002\) Samples per Pixel 3, \(0028,0004\) Photometric Interpretation RGB: a colour image",
+    )
 
 
 def test_zero_orientation_is_refused_by_name(tmp_path: Path) -> None:
@@ -159,7 +172,9 @@ def test_nifti_pixdim_zero_is_not_one_millimetre(tmp_path: Path) -> None:
 
 def test_nifti_nan_origin_is_not_zero(tmp_path: Path) -> None:
     path = write_nifti(tmp_path / "o.nii.gz", ct_volume(), origin=(math.nan, 0.0, 0.0))
-    _refused(path, r"(invalid origin \(nan, -?0, 0\) mm: not a finite position|qform .*nan.*: not finite); refusing to guess")
+    _refused(
+        path, r"(invalid origin \(nan, -?0, 0\) mm: not a finite position|qform .*nan.*: not finite); refusing to guess"
+    )
 
 
 def test_nifti_without_qform_or_sform_is_refused(tmp_path: Path) -> None:
@@ -240,7 +255,11 @@ def test_nrrd_nan_voxels_are_refused(tmp_path: Path) -> None:
     voxels = ct_volume().astype(np.float64)
     voxels[3, 10, 10:13] = np.nan
     path = tmp_path / "n.nrrd"
-    header = {"space": "left-posterior-superior", "space directions": np.diag([1.0, 1.0, 2.0]), "space origin": np.zeros(3)}
+    header = {
+        "space": "left-posterior-superior",
+        "space directions": np.diag([1.0, 1.0, 2.0]),
+        "space origin": np.zeros(3),
+    }
     nrrd.write(str(path), np.ascontiguousarray(voxels.transpose(2, 1, 0)), header)
     _refused(path, r"3 voxels are NaN or infinite")
 
@@ -248,7 +267,10 @@ def test_nrrd_nan_voxels_are_refused(tmp_path: Path) -> None:
 # ------------------------------------------------------------------ the checks themselves
 def test_physical_size_beyond_any_patient_is_refused() -> None:
     geometry = Geometry((64, 64, 1300), (1.0, 1.0, 2.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
-    with pytest.raises(InputError, match=r"^scan: physical size \(64, 64, 2600\) mm \(64x64x1300 voxels of \(1, 1, 2\) mm\): over the 2\.5 m"):
+    with pytest.raises(
+        InputError,
+        match=r"^scan: physical size \(64, 64, 2600\) mm \(64x64x1300 voxels of \(1, 1, 2\) mm\): over the 2\.5 m",
+    ):
         checks.check_geometry("scan", geometry)
 
 
