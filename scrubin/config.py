@@ -49,6 +49,14 @@ class RegistrationSettings(_Strict):
     init_crop_depth_mm: float = Field(default=60.0, ge=0)
     reinit_after_lost: int = Field(default=10, ge=1)  # consecutive lost frames before re-initialising
     sensor_headset: str | None = None  # whose depth frames to register (default: first to send)
+    # Per-headset depth-bias correction (registration.calibration), a file per headset key
+    # next to the session's keys: "off" ignores it; "apply" (default) applies a stored one,
+    # which someone put there on purpose; "learn" also estimates it from the headset's own
+    # trusted frames of several viewpoints - opt-in, because a wrong scale learned
+    # silently would shift every overlay. Learned values must pass the estimator's checks.
+    depth_calibration: Literal["off", "apply", "learn"] = "apply"
+    depth_calibration_min_views: int = Field(default=6, ge=3, le=12)  # distinct trusted viewpoints
+    depth_calibration_max_scale_error: float = Field(default=0.05, gt=0, le=0.05)  # |scale - 1| allowed
 
     @field_validator("seed_T_world_model")
     @classmethod

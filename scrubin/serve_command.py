@@ -20,6 +20,7 @@ from rich.console import Console
 
 from scrubin.config import Settings, dump_toml, load_settings
 from scrubin.runtime import tune_for_service
+from scrubin.session_calibration import describe as describe_depth
 
 console = Console(highlight=False, soft_wrap=True)
 
@@ -101,4 +102,5 @@ def _watch(service: Any, stop: threading.Event, interval_s: float) -> None:
             console.print(
                 f"{s.name}: {s.status} | {model} | frames {s.frames} skipped {s.skipped} | "
                 f"headsets {s.headsets} | video {s.video_frames} | predicted TRE {s.predicted_tre_mm:.2f} mm"
+                + (f" | {depth}" if (depth := describe_depth(s.depth_calibration)) else "")
             )

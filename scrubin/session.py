@@ -8,7 +8,8 @@ refused by every other.
 The registration loop takes the depth frames a headset uplinks, newest first (the bridge
 queue already drops the oldest; anything still queued behind the newest is skipped and
 counted), aligns the model on the first frame (markerless, or a configured seed pose in the
-headset world), tracks it frame by frame, and publishes every estimate at once. After a run
+headset world), tracks it frame by frame, and publishes every estimate at once. Each
+headset's depth-bias correction is applied to its frames first (scrubin.session_calibration). After a run
 of lost frames it re-initialises: first from the last trusted pose carried through the
 headset's own camera motion (the patient does not move in the headset world), then
 markerless.
@@ -24,7 +25,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +37,7 @@ from headset_bridge.messages import DepthFrame as UplinkDepth
 from headset_bridge.messages import VideoFrame as UplinkVideo
 from scrubin.audit import AuditLog
 from scrubin.config import RegistrationSettings, SessionSettings
+from scrubin.session_calibration import SessionDepthCalibration
 
 if TYPE_CHECKING:
     from headset_bridge.keys import Allowlist, KeyPair
@@ -131,6 +133,7 @@ class SessionStatus:
     headsets: int
     video_frames: int
     predicted_tre_mm: float
+    depth_calibration: dict[str, dict[str, Any]] = field(default_factory=dict)  # per headset
 
 
 @dataclass
@@ -193,6 +196,9 @@ class TheatreSession:
         self._seen_headsets: set[str] = set()
         self._sensor: str | None = settings.registration.sensor_headset
         self._started = False
+        # Per-headset depth correction, stored next to the session's headset keys.
+        cal_dir = keys.allowlist_dir.parent / "depth_calibration" if keys.allowlist_dir else None
+        self.depth_calibration = SessionDepthCalibration(settings.registration, cal_dir, audit)
 
     # -- lifecycle ---------------------------------------------------------
     def start(self, mentor_server: Any = None) -> TheatreSession:
@@ -228,6 +234,7 @@ class TheatreSession:
         for t in self._threads:
             t.join(timeout=5.0)
         self.bridge.stop()
+        self.depth_calibration.close()
         if self._slicer is not None:
             self._slicer.stop()
         self.audit.append(
@@ -365,6 +372,7 @@ class TheatreSession:
             headsets=alive,
             video_frames=self.video_frames,
             predicted_tre_mm=last.predicted_tre_mm if last else float("inf"),
+            depth_calibration=self.depth_calibration.report(),
         )
 
     def records(self) -> list[FrameRecord]:
@@ -461,7 +469,8 @@ class TheatreSession:
     def _process(self, frame: UplinkDepth, t_taken: int, skipped: int) -> None:
         from headset_bridge.messages import PoseUpdate, check_status
 
-        depth = _to_registration_frame(frame)
+        raw = _to_registration_frame(frame)
+        depth = self.depth_calibration.correct(frame.headset, raw)  # before tracking
         t_capture = frame.t_capture_server_ns if frame.t_capture_server_ns is not None else t_taken
         try:
             est, event = self._estimate(depth, frame, t_capture)
@@ -487,6 +496,8 @@ class TheatreSession:
         if self._slicer is not None:
             self._slicer.estimate(est)  # newest wins, never blocks on Slicer
         self._after_publish(frame, est, event, t_capture, t_taken, t_pub, skipped)
+        if self.model is not None:  # after the pose left: learning never delays it
+            self.depth_calibration.observe(frame.headset, raw, frame.T_world_camera, est, self.model)
 
     def _after_publish(
         self, frame: UplinkDepth, est: Estimate, event: str, t_cap: int, t_taken: int, t_pub: int, skipped: int
