@@ -13,7 +13,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +32,7 @@ from headset_bridge.messages import (
     Counters,
     Mat4,
     ModelInfo,
+    RegistrationVerdict,
     as_transform,
 )
 from headset_bridge.tcp_loss import TcpCounts, TcpLossCounter
@@ -151,6 +152,10 @@ class HeadsetClient:
         self.on_annotation: Callable[[AnnotationOp], None] | None = None
         self.audio: deque[AudioChunk] = deque(maxlen=500)  # 10 s of 20 ms chunks; oldest dropped
         self.on_audio: Callable[[AudioChunk], None] | None = None
+        # The server's verdict on the latest navigation registration (anyone's), from the
+        # pose headers; None until the server reports one.
+        self.registration: RegistrationVerdict | None = None
+        self.on_registration: Callable[[RegistrationVerdict], None] | None = None
         self._own_ctx = context is None
         self._ctx: zmq.Context[Any] = context if context is not None else zmq.Context(io_threads=1)
         self._sub = client_socket(self._ctx, zmq.SUB, keys, config.server_public)
@@ -333,6 +338,29 @@ class HeadsetClient:
         header = {"sample_rate": int(sample_rate), "channels": int(channels), "format": "s16le", "speaker": ""}
         return self._enqueue_uplink("audio", header, bytes(pcm), self._audio_out, check=True)
 
+    def send_registration(
+        self,
+        trace_world_mm: npt.ArrayLike,
+        landmarks: Mapping[str, npt.ArrayLike] | None = None,
+        world_of: str = "",
+    ) -> int:
+        """Ask the server to register the patient model from a surface trace (N, 3) and
+        optional touched landmarks ``{model landmark name: (x, y, z)}``, all mm in the
+        headset's world frame (the frame of ``T_world_camera``), or in the world of the
+        headset named ``world_of`` when a separate tracker sends it. Checked here as the
+        server would (ValueError naming the problem); sent ahead of queued sensor frames,
+        never dropped for them. Returns the message seq (the verdict's ``request_seq``)."""
+        n, payload = P.registration_payload(trace_world_mm)
+        marks = None
+        if landmarks is not None:
+            marks = {str(k): np.asarray(v, dtype=np.float64).reshape(-1).tolist() for k, v in landmarks.items()}
+            bad = {k: v for k, v in marks.items() if not all(math.isfinite(c) for c in v)}
+            if bad:  # JSON has no NaN: say which landmark rather than what the encoder says
+                msg = f"landmarks must be finite (x, y, z) mm, got {bad!r:.200}"
+                raise ValueError(msg)
+        header = {"frame": "world", "world_of": world_of, "n_points": n, "landmarks": marks}
+        return self._enqueue_uplink("registration", header, payload, self._ctl_out, check=True)
+
     def send_headset_pose(self, T_world_head: Mat4, t_capture_ns: int | None = None) -> None:
         T = as_transform(T_world_head, "T_world_head")
         self._enqueue_uplink("headset_pose", {"t_capture_ns": t_capture_ns or time.monotonic_ns()}, P.pack_mat4(T))
@@ -488,6 +516,24 @@ class HeadsetClient:
         if self.annotations.synced and h["ann_seq"] > self.annotations.seq and self._sync_sent is None:
             self._request_sync(self.epoch, self.annotations.seq)  # missed the tail: PUB dropped or joined late
         self._check_model(h["model"])
+        self._check_registration(h.get("registration"))
+
+    def _check_registration(self, raw: Any) -> None:
+        """Parse the verdict only when it changed (a new id or state): poses are hot."""
+        old = self.registration
+        if raw is None or (
+            type(raw) is dict and old is not None and raw.get("id") == old.id and raw.get("state") == old.state
+        ):
+            return
+        try:
+            verdict = RegistrationVerdict.from_json(raw)
+        except ValueError as exc:
+            self.counters.add("malformed")
+            log.warning("dropped malformed registration verdict: %s", exc)
+            return
+        self.registration = verdict
+        if self.on_registration is not None:
+            self.on_registration(verdict)
 
     def _on_audio(self, msg: P.Message) -> None:
         h = msg.header

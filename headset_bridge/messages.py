@@ -303,3 +303,131 @@ class Counters:
 
     def get(self, reason: str) -> int:
         return self.counts.get(reason, 0)
+
+
+@dataclass(frozen=True)
+class RegistrationRequest:
+    """A navigation registration uplinked by a headset or a tracker (``registration``
+    topic): a surface trace and optional touched landmarks, in mm, in the world frame of
+    ``world_of`` (the sender's own world when it sent ``""``). ``t_received_ns`` is the
+    server's monotonic clock."""
+
+    headset: str  # the sender, named by its key
+    seq: int
+    t_received_ns: int
+    world_of: str
+    points_mm: npt.NDArray[np.float64]  # (N, 3), x y z per row
+    landmarks: dict[str, tuple[float, float, float]] | None  # model landmark name -> measured
+
+
+REGISTRATION_STATES: tuple[str, ...] = ("running", "done")
+MAX_VERDICT_CHARS = 600  # one operator line; reasons and hint are cut to fit a header
+MAX_VERDICT_REASONS = 8
+
+
+@dataclass(frozen=True)
+class RegistrationVerdict:
+    """What the server says about the latest navigation registration; it travels in every
+    ``pose`` header (field ``registration``) so a late headset sees it too.
+
+    ``id`` counts registrations on this server (a new id = a new request); ``state`` is
+    ``running`` until the result is in; ``accepted`` (status ``tracking``) means the
+    session's tracker starts from it at the next depth frame. Lengths are mm; None is
+    "not measured" (e.g. no landmarks, no FRE)."""
+
+    id: int
+    source: str  # headset key name, or "slicer"
+    request_seq: int  # the request's message seq (-1 when not from the bridge)
+    state: str
+    accepted: bool
+    status: Status
+    method: str
+    verdict: str
+    reasons: tuple[str, ...] = ()
+    hint: str | None = None
+    fre_mm: float | None = None
+    residual_mm: float | None = None
+    predicted_tre_mm: float | None = None
+    rejected: int = 0
+    n_points: int = 0
+
+    def __post_init__(self) -> None:
+        if self.state not in REGISTRATION_STATES:
+            msg = f"registration state must be one of {REGISTRATION_STATES}, got {self.state!r}"
+            raise ValueError(msg)
+        check_status(self.status)
+        object.__setattr__(self, "verdict", _clip(self.verdict))
+        object.__setattr__(self, "reasons", tuple(_clip(r) for r in self.reasons[:MAX_VERDICT_REASONS]))
+        object.__setattr__(self, "hint", None if self.hint is None else _clip(self.hint))
+        for name in ("fre_mm", "residual_mm", "predicted_tre_mm"):
+            value = getattr(self, name)
+            finite = value is not None and math.isfinite(float(value))
+            object.__setattr__(self, name, float(value) if finite else None)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "source": self.source,
+            "request_seq": self.request_seq,
+            "state": self.state,
+            "accepted": self.accepted,
+            "status": self.status,
+            "method": self.method,
+            "verdict": self.verdict,
+            "reasons": list(self.reasons),
+            "hint": self.hint,
+            "fre_mm": self.fre_mm,
+            "residual_mm": self.residual_mm,
+            "predicted_tre_mm": self.predicted_tre_mm,
+            "rejected": self.rejected,
+            "n_points": self.n_points,
+        }
+
+    @classmethod
+    def from_json(cls, data: Any) -> RegistrationVerdict:
+        """Parse a ``registration`` header object, or ValueError naming what is wrong."""
+        if not isinstance(data, dict):
+            msg = f"registration must be a JSON object, got {data!r:.200}"
+            raise ValueError(msg)
+        try:
+            reasons = data.get("reasons") or []
+            if not isinstance(reasons, list):
+                msg = f"registration reasons must be a list, got {reasons!r:.200}"
+                raise ValueError(msg)
+            return cls(
+                id=_int(data["id"], "id"),
+                source=_str(data["source"], "source"),
+                request_seq=_int(data["request_seq"], "request_seq"),
+                state=_str(data["state"], "state"),
+                accepted=data["accepted"] is True,
+                status=check_status(_str(data["status"], "status")),
+                method=_str(data["method"], "method"),
+                verdict=_str(data["verdict"], "verdict"),
+                reasons=tuple(_str(r, "reason") for r in reasons),
+                hint=None if data.get("hint") is None else _str(data["hint"], "hint"),
+                fre_mm=_num_or_none(data.get("fre_mm"), "fre_mm"),
+                residual_mm=_num_or_none(data.get("residual_mm"), "residual_mm"),
+                predicted_tre_mm=_num_or_none(data.get("predicted_tre_mm"), "predicted_tre_mm"),
+                rejected=_int(data.get("rejected", 0), "rejected"),
+                n_points=_int(data.get("n_points", 0), "n_points"),
+            )
+        except KeyError as exc:
+            msg = f"registration lacks {exc.args[0]!r}, got keys {sorted(data)!r:.200}"
+            raise ValueError(msg) from None
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= MAX_VERDICT_CHARS else text[: MAX_VERDICT_CHARS - 3] + "..."
+
+
+def _num_or_none(value: Any, name: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        msg = f"{name} must be a number or null, got {value!r:.80}"
+        raise ValueError(msg)
+    try:
+        return float(value)
+    except OverflowError:  # a JSON integer beyond float range
+        msg = f"{name} must be a finite number or null, got an integer of {len(str(value))} digits"
+        raise ValueError(msg) from None

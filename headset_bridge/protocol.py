@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import numpy as np
+import numpy.typing as npt
 
 from headset_bridge.messages import STATUSES, Mat4, as_transform
 
@@ -84,12 +85,25 @@ SCHEMAS: Final[dict[str, dict[str, str]]] = {
     # both ways, PCM s16le: mentor voice to the surgeon (PUB), headset microphone to the
     # mentors (DEALER; the server names the speaker from the headset's key, not the header)
     "audio": {"sample_rate": INT, "channels": INT, "format": STR, "speaker": STR},
+    # headset or tracker -> server, DEALER: a navigation registration (a surface trace and
+    # optional touched landmarks); payload n_points x (x, y, z) little-endian float64
+    "registration": {"frame": STR, "world_of": STR, "n_points": INT, "landmarks": OBJ_OR_NULL},
 }
 
 SERVER_TOPICS: Final = frozenset({"pose", "ann", "audio"})
 MAX_AUDIO_BYTES: Final = 64 * 1024
 REPLY_TYPES: Final = frozenset({"snapshot", "ann_batch", "time_rep", "model_chunk", "error"})
-UPLINK_TYPES: Final = frozenset({"sync", "hb", "time_req", "model_get", "depth", "video", "headset_pose", "audio"})
+UPLINK_TYPES: Final = frozenset(
+    {"sync", "hb", "time_req", "model_get", "depth", "video", "headset_pose", "audio", "registration"}
+)
+
+# Navigation registration limits (docs/headset-protocol.md section 6.1).
+MAX_TRACE_POINTS: Final = 20_000
+MAX_LANDMARKS: Final = 64
+MAX_NAME_CHARS: Final = 64  # a landmark or headset name
+MAX_COORDINATE_MM: Final = 1.0e5  # 100 m from the world origin: nothing in a theatre is further
+TRACE_POINT_BYTES: Final = 24  # x, y, z as little-endian float64
+REGISTRATION_FRAMES: Final = frozenset({"world"})
 
 
 class ProtocolError(ValueError):
@@ -294,6 +308,8 @@ def _check_payload(topic: str, header: dict[str, Any], payload: Buffer) -> None:
         expected = _video_bytes(header)
     elif topic == "audio":
         _check_audio(header, n)
+    elif topic == "registration":
+        _check_registration(header, payload)
     if expected is not None and n not in expected:
         raise ProtocolError("bad_payload", f"{topic} payload must be {expected} bytes, got {n!r}")
 
@@ -320,6 +336,78 @@ def _check_audio(header: dict[str, Any], n: int) -> None:
         raise ProtocolError(
             "bad_payload", f"audio payload must be whole s16 samples up to {MAX_AUDIO_BYTES} bytes, got {n!r}"
         )
+
+
+def _check_registration(header: dict[str, Any], payload: Buffer) -> None:
+    frame, n, world_of = header["frame"], header["n_points"], header["world_of"]
+    if frame not in REGISTRATION_FRAMES:
+        raise ProtocolError(
+            "bad_field", f"registration.frame must be one of {sorted(REGISTRATION_FRAMES)}, got {frame!r:.40}"
+        )
+    if not 0 <= n <= MAX_TRACE_POINTS:
+        raise ProtocolError("bad_field", f"registration.n_points must be within 0..{MAX_TRACE_POINTS}, got {n!r:.40}")
+    if len(world_of) > MAX_NAME_CHARS or not world_of.isprintable():
+        raise ProtocolError(
+            "bad_field",
+            f"registration.world_of must be printable, at most {MAX_NAME_CHARS} chars, got {world_of!r:.80}",
+        )
+    _check_landmarks(header["landmarks"])
+    if len(payload) != n * TRACE_POINT_BYTES:
+        raise ProtocolError(
+            "bad_payload", f"registration payload must be n_points x {TRACE_POINT_BYTES} bytes, got {len(payload)!r}"
+        )
+    pts = np.frombuffer(payload, dtype="<f8").reshape(-1, 3)
+    bad = ~np.all(np.isfinite(pts) & (np.abs(pts) <= MAX_COORDINATE_MM), axis=1)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise ProtocolError(
+            "bad_payload",
+            f"registration trace point {i} must be finite mm within {MAX_COORDINATE_MM:g}, got {pts[i].tolist()!r}",
+        )
+
+
+def _check_landmarks(marks: Any) -> None:
+    """None, or {name: [x, y, z]} with at most MAX_LANDMARKS finite, plausible entries."""
+    if marks is None:
+        return
+    if len(marks) > MAX_LANDMARKS:
+        raise ProtocolError(
+            "bad_field", f"registration.landmarks must hold at most {MAX_LANDMARKS}, got {len(marks)!r}"
+        )
+    for name, xyz in marks.items():
+        if not name or len(name) > MAX_NAME_CHARS or not name.isprintable():
+            raise ProtocolError(
+                "bad_field",
+                f"registration landmark names must be printable, 1-{MAX_NAME_CHARS} chars, got {name!r:.80}",
+            )
+        ok = type(xyz) is list and len(xyz) == 3 and all(_is_kind(v, NUM) and abs(v) <= MAX_COORDINATE_MM for v in xyz)
+        if not ok:
+            raise ProtocolError(
+                "bad_field",
+                f"registration landmark {name!r} must be [x, y, z] finite mm within {MAX_COORDINATE_MM:g}, got {xyz!r:.120}",
+            )
+
+
+def registration_points(payload: Buffer) -> npt.NDArray[np.float64]:
+    """The (N, 3) trace of a checked ``registration`` payload, as a native-order copy."""
+    return np.frombuffer(payload, dtype="<f8").reshape(-1, 3).astype(np.float64)
+
+
+def registration_landmarks(header: dict[str, Any]) -> dict[str, tuple[float, float, float]] | None:
+    """The landmarks of a checked ``registration`` header, or None."""
+    marks = header["landmarks"]
+    if marks is None:
+        return None
+    return {str(k): (float(v[0]), float(v[1]), float(v[2])) for k, v in marks.items()}
+
+
+def registration_payload(points_mm: Any) -> tuple[int, bytes]:
+    """``(n_points, payload)`` for an (N, 3) trace in mm (ValueError if not that shape)."""
+    pts = np.asarray(points_mm, dtype="<f8")
+    if pts.ndim != 2 or pts.shape[1] != 3:
+        msg = f"trace must be (N, 3) mm, got shape {pts.shape!r}"
+        raise ValueError(msg)
+    return len(pts), np.ascontiguousarray(pts).tobytes()
 
 
 def _video_bytes(header: dict[str, Any]) -> tuple[int, ...] | None:

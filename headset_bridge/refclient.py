@@ -1,7 +1,7 @@
 """Run the reference client as a process: ``python -m headset_bridge.refclient``.
 
-Prints one JSON line per change of its annotation state (for tests and demos)
-and can persist a resume state so a restarted headset only fetches what it missed.
+Prints one JSON line per change of its annotation state and per navigation
+registration verdict the server reports (for tests and demos), and can persist a resume state so a restarted headset only fetches what it missed.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     config = ClientConfig(args.pub, args.ctl, load_public(args.server_key))
     resume = _load_resume(args.state)
     client = HeadsetClient(load_keypair(args.key), config, resume=resume)
+    client.on_registration = lambda v: print(json.dumps({"event": "registration", **v.to_json()}), flush=True)
     print(json.dumps({"event": "start", "resumed_from": None if resume is None else resume.seq}), flush=True)
     last_seq, last_save = -2, 0.0
     try:

@@ -6,7 +6,8 @@ Two CURVE sockets (see docs/headset-protocol.md):
   repeat) and ``ann`` (annotation ops). PUB never blocks: a slow headset only
   loses its own old messages, and it recovers annotations by sequence number.
 * ROUTER (``ctl``, default 5571): headset requests (sync, time, model chunks),
-  heartbeats and uplink (depth, video, headset pose, microphone audio).
+  heartbeats and uplink (depth, video, headset pose, microphone audio, navigation
+  registrations). The verdict of the latest registration rides in every ``pose``.
 
 ``publish_pose`` runs on the caller's (registration loop's) thread and costs
 one non-blocking send. One I/O thread serves the ROUTER, the keepalive and the
@@ -43,13 +44,15 @@ from headset_bridge.messages import (
     HeadsetPoseSample,
     ModelInfo,
     PoseUpdate,
+    RegistrationRequest,
+    RegistrationVerdict,
     VideoFrame,
 )
 from headset_bridge.transport import DEFAULT_CTL_PORT, DEFAULT_PUB_PORT, bind, server_socket, start_authenticator
 
 log = logging.getLogger(__name__)
 
-UplinkItem = DepthFrame | VideoFrame | HeadsetPoseSample | AudioChunk
+UplinkItem = DepthFrame | VideoFrame | HeadsetPoseSample | AudioChunk | RegistrationRequest
 
 
 @dataclass(frozen=True)
@@ -122,6 +125,7 @@ class BridgeServer:
         self._model: bytes | None = None
         self._model_info: ModelInfo | None = None
         self._audio_seq = 0
+        self._registration: dict[str, Any] | None = None  # the latest verdict, in every pose header
         # _cond: headsets, uplink queues, counters; notified whenever they change.
         self._cond = threading.Condition(threading.RLock())
         self._headsets: dict[str, HeadsetInfo] = {}
@@ -238,6 +242,15 @@ class BridgeServer:
                 self._send_pose(repeat=True)  # announce now, not at the next keepalive
         return info
 
+    def report_registration(self, verdict: RegistrationVerdict) -> None:
+        """Tell every headset how the latest navigation registration went: the verdict
+        rides in every ``pose`` header from now on, and goes out at once (never blocks)."""
+        data = verdict.to_json()
+        with self._pub_lock:
+            self._registration = data
+            if self._pub is not None:
+                self._send_pose(repeat=True)
+
     @property
     def annotations(self) -> tuple[int, dict[str, Annotation]]:
         with self._pub_lock:
@@ -263,6 +276,7 @@ class BridgeServer:
             "model": None if self._model_info is None else self._model_info.to_json(),
             "sensor": "" if latest is None else latest.sensor,
             "sensor_frame_seq": -1 if latest is None else latest.sensor_frame_seq,
+            "registration": self._registration,
         }
         payload = b"" if latest is None else P.pack_mat4(latest.T_sensor_model)
         self._send_pub(P.encode("pose", header, payload))
@@ -295,6 +309,11 @@ class BridgeServer:
         with self._cond:
             q = self._uplink.get((headset, kind))
             return len(q) if q else 0
+
+    def senders(self, kind: str) -> list[str]:
+        """Headsets with ``kind`` items waiting in their queues."""
+        with self._cond:
+            return [name for (name, k), q in self._uplink.items() if k == kind and q]
 
     def wait_for(self, predicate: Callable[[], bool], timeout_s: float) -> bool:
         """Block until ``predicate()`` holds (re-checked on every state change)."""
@@ -484,6 +503,9 @@ class BridgeServer:
         if msg.topic == "audio":
             pcm = bytes(msg.payload)
             return AudioChunk(name, h["seq"], t_received_ns, h["sample_rate"], h["channels"], pcm)
+        if msg.topic == "registration":  # checked in full by P.decode: parsing cannot fail
+            points, marks = P.registration_points(msg.payload), P.registration_landmarks(h)
+            return RegistrationRequest(name, h["seq"], t_received_ns, h["world_of"], points, marks)
         t_server = h["t_capture_ns"] + info.offset_ns if info.rtt_ns >= 0 else None
         if msg.topic == "depth":
             depth = np.frombuffer(msg.payload, dtype="<u2").reshape(h["height"], h["width"])
