@@ -4,12 +4,14 @@ Public API: :class:`SurfaceModel`, :func:`initial_alignment`, :class:`Tracker`,
 :class:`Estimate`, :class:`Status`, :class:`DepthFrame`, :class:`PinholeIntrinsics`;
 frame kinds :class:`SurfaceTrace` (tracked pointer) and :class:`CameraPoints`; the
 navigation workflow :func:`register_trace` (landmarks + surface trace, or markerless)
-with its :class:`NavigationResult`. Open3D is imported lazily by the modules that
-need it.
+with its :class:`NavigationResult`; depth-bias calibration :class:`DepthCalibration`,
+:func:`estimate_depth_calibration` from :class:`CalibrationView` frames. Open3D is
+imported lazily by the modules that need it.
 """
 
 from __future__ import annotations
 
+from registration.calibration import CalibrationView, DepthCalibration, estimate_depth_calibration
 from registration.depth import DepthFrame, PinholeIntrinsics
 from registration.estimate import Estimate, Status
 from registration.frame_kinds import CHECKS, CameraPoints, FrameKind, SurfaceTrace
@@ -21,7 +23,9 @@ from registration.tracker import Tracker, TrackerConfig
 __all__ = [
     "CHECKS",
     "AlignmentConfig",
+    "CalibrationView",
     "CameraPoints",
+    "DepthCalibration",
     "DepthFrame",
     "Estimate",
     "FrameKind",
@@ -33,6 +37,7 @@ __all__ = [
     "SurfaceTrace",
     "Tracker",
     "TrackerConfig",
+    "estimate_depth_calibration",
     "initial_alignment",
     "register_trace",
 ]
