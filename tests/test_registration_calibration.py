@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 
 import numpy as np
 import pytest
 from registration_fixtures import DEEP_TARGET, about, head_model, perturbation, target_error_mm
 
+from headset_bridge.client import HeadsetClient
 from registration import Estimate, Status
 from registration.calibration import (
     CalibrationConfig,
@@ -312,6 +313,10 @@ def test_learning_ignores_untrusted_frames_and_out_of_bound_scales(
 
 
 # ------------------------------------------------------------------ the session applies it
+def _arrived(headset: HeadsetClient, seq: int) -> bool:
+    return headset.view().sensor_frame_seq == seq
+
+
 @pytest.mark.parametrize("stored", [True, False])
 def test_the_session_tracks_a_biased_headset_with_its_stored_correction(tmp_path: Path, stored: bool) -> None:
     """A headset whose depth reads 2 % long, with its stored correction: the service
@@ -333,7 +338,7 @@ def test_the_session_tracks_a_biased_headset_with_its_stored_correction(tmp_path
     if stored:
         _store_file(keys / "depth_calibration", "h1", scale=1.0 / 1.02)
     sim = HeadsetSimulator(head_model(60), noise=NoiseModel(bias_per_m=0.0), seed=3)
-    truth = {}
+    truth: dict[int, F64] = {}
     with Service(settings) as service, _client(service, "or-c", secret) as headset:
         session = service.sessions["or-c"]
         assert session.model_ready.wait(30) and headset.wait_for(lambda: headset.clock.synced, 5.0)
@@ -343,7 +348,7 @@ def test_the_session_tracks_a_biased_headset_with_its_stored_correction(tmp_path
             depth = np.round(np.asarray(f.depth.depth, dtype=np.float64) * 1.02).astype(np.uint16)
             seq = headset.send_depth(depth, invert(f.T_sensor_model), (K.fx, K.fy, K.cx, K.cy))
             truth[seq] = f.T_sensor_model
-            assert headset.wait_for(lambda s=seq: headset.view().sensor_frame_seq == s, 10.0)
+            assert headset.wait_for(partial(_arrived, headset, seq), 10.0)
         status = session.status()
     records = session.records()
     tre = max(target_error_mm(r.T_sensor_model, truth[r.frame_seq]) for r in records[-5:])
@@ -368,7 +373,7 @@ def _scan(name: str) -> F64:
 
     from registration.frames import MM_PER_M
 
-    return np.asarray(o3d.io.read_point_cloud(str(real_data(f"{HOLOLENS}/{name}"))).points) * MM_PER_M
+    return np.asarray(o3d.io.read_point_cloud(real_data(f"{HOLOLENS}/{name}")).points) * MM_PER_M
 
 
 @pytest.fixture(scope="module")
