@@ -196,20 +196,27 @@ class _Rays:
 
 
 def estimate_depth_calibration(
-    model: SurfaceModel, views: Sequence[CalibrationView], config: CalibrationConfig | None = None
+    model: SurfaceModel,
+    views: Sequence[CalibrationView],
+    config: CalibrationConfig | None = None,
+    *,
+    start: DepthCalibration | None = None,
 ) -> CalibrationResult:
     """Fit ``DepthCalibration`` and one ``T_world_model`` to trusted frames of a static
     patient seen from several viewpoints of the headset's world (see the module doc).
+    The views hold *measured* points; the result is the whole correction.
 
-    Starts from the first view's registration. Never raises on poor data: the result's
-    ``reasons`` say what is missing (views, spread, convergence, bounds, certainty)."""
+    Starts from the first view's registration and ``start`` (the correction those
+    registrations were made with; none by default). Never raises on poor data: the
+    result's ``reasons`` say what is missing (views, spread, convergence, bounds, certainty)."""
     cfg = config or CalibrationConfig()
     if not views:
         msg = "estimate_depth_calibration needs at least one view, got 0"
         raise ValueError(msg)
     rays = [_rays(v, cfg.points_per_view) for v in views]
     T_mw = invert(rays[0].T_world_sensor @ as_transform(views[0].T_sensor_model, "T_sensor_model"))
-    fit = _fit(model, rays, cfg, _Fit(T_mw, 1.0, 0.0))
+    first = start or DepthCalibration()
+    fit = _fit(model, rays, cfg, _Fit(T_mw, first.scale, first.offset_mm if cfg.fit_offset else 0.0))
     return _result(model, rays, cfg, fit)
 
 

@@ -143,8 +143,7 @@ class SessionDepthCalibration:
         if h.source == "refused":
             return  # a damaged file is the user's to fix: never learned over
         if h.pending is not None and h.pending.done():
-            self._take(headset, h, h.pending.result())
-            h.pending = None
+            self._collect(headset, h)
         if str(est.status) != "tracking" or not self._new_place(h, T_world_camera):
             return
         view = self._view(raw, T_world_camera, est, model, h.calibration)
@@ -152,7 +151,7 @@ class SessionDepthCalibration:
             return
         h.views = [*h.views, view][-MAX_VIEWS:]
         if len(h.views) >= self.min_views and h.pending is None:
-            h.pending = self._executor().submit(self._estimate, model, list(h.views))
+            h.pending = self._executor().submit(self._estimate, model, list(h.views), h.calibration)
 
     def report(self) -> dict[str, dict[str, Any]]:
         """Per headset: scale, offset_mm, source and what the estimate rests on."""
@@ -166,9 +165,7 @@ class SessionDepthCalibration:
         """Wait for the running estimates and adopt what passes (tests; a final report)."""
         for name, h in list(self._headsets.items()):
             if h.pending is not None:
-                result = h.pending.result(timeout=timeout_s)
-                h.pending = None
-                self._take(name, h, result)
+                self._collect(name, h, timeout_s)
 
     def close(self) -> None:
         if self._pool is not None:
@@ -224,11 +221,25 @@ class SessionDepthCalibration:
         keep = near[:: max(1, len(near) // POINTS_PER_VIEW)]
         return CalibrationView(keep, np.asarray(T_world_camera, dtype=np.float64), est.T_sensor_model)
 
-    def _estimate(self, model: SurfaceModel, views: list[CalibrationView]) -> CalibrationResult:
+    def _estimate(
+        self, model: SurfaceModel, views: list[CalibrationView], current: DepthCalibration
+    ) -> CalibrationResult:
         from registration.calibration import CalibrationConfig, estimate_depth_calibration
 
         cfg = CalibrationConfig(min_views=self.min_views, max_scale_error=self.max_scale_error)
-        return estimate_depth_calibration(model, views, cfg)
+        return estimate_depth_calibration(model, views, cfg, start=current)
+
+    def _collect(self, headset: str, h: _Headset, timeout_s: float | None = None) -> None:
+        """Take the finished estimate off the headset (a failed one is logged once)."""
+        future, h.pending = h.pending, None
+        if future is None:
+            return
+        try:
+            result = future.result(timeout=timeout_s)
+        except Exception:  # a failed estimate must not stop learning nor the loop
+            log.exception("headset %s: depth calibration estimate failed", headset)
+            return
+        self._take(headset, h, result)
 
     def _take(self, headset: str, h: _Headset, result: CalibrationResult) -> None:
         """Adopt a finished estimate when it passed every check and differs enough."""

@@ -285,20 +285,28 @@ def _learn(
     cal.settle(timeout_s=60.0)
 
 
-def test_learning_takes_a_bounded_estimate_from_trusted_frames_and_audits_it(tmp_path: Path) -> None:
+@pytest.mark.parametrize("previous", [None, 0.99])
+def test_learning_takes_a_bounded_estimate_from_trusted_frames_and_audits_it(
+    tmp_path: Path, previous: float | None
+) -> None:
+    """The estimate is of the whole correction (raw ranges), whatever was applied before."""
     cal, audit, folder = _session_cal(tmp_path, "learn", depth_calibration_min_views=5)
+    if previous is not None:
+        _store_file(folder, "h1", scale=previous)
     frames = _frames()
     _learn(cal, frames[:4], 1.018)  # too few views yet: nothing learned
-    assert cal.report()["h1"]["source"] == "none" and not (folder / "h1.json").exists()
+    assert cal.report()["h1"]["source"] == ("none" if previous is None else "stored")
+    assert (CalibrationStore(folder).load("h1") or DepthCalibration()).scale == (previous or 1.0)
     _learn(cal, frames[4:], 1.018)
     report = cal.report()["h1"]
     assert report["source"] == "learned" and abs(report["scale"] * 1.018 - 1.0) < 0.002, report
     assert CalibrationStore(folder).load("h1") == DepthCalibration(report["scale"], 0.0)
-    assert depth_to_points(cal.correct("h1", frames[0].depth)).shape[0] > 0
+    raw = depth_to_points(frames[0].depth)
+    np.testing.assert_allclose(depth_to_points(cal.correct("h1", frames[0].depth)), report["scale"] * raw)
     audit.close()
-    (action, detail), *_ = _actions(tmp_path)
-    assert action == "depth calibration learned" and detail["previous_scale"] == 1.0
-    assert detail["fit"]["views"] in (5, 6)  # type: ignore[index]  # (the 6th may land while the 5-view fit runs)
+    learned = [d for a, d in _actions(tmp_path) if a == "depth calibration learned"]
+    assert learned[0]["previous_scale"] == (previous or 1.0)
+    assert learned[0]["fit"]["views"] in (5, 6)  # type: ignore[index]  # (the 6th may land while the 5-view fit runs)
 
 
 @pytest.mark.parametrize(("scale", "status"), [(1.018, Status.DEGRADED), (1.08, Status.TRACKING)])
