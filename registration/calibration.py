@@ -15,6 +15,11 @@ that: one ``T_world_model`` shared by all views, the views placed by the headset
 camera poses, and the correction, by robust (Tukey) point-to-plane Gauss-Newton against
 the model surface.
 
+Scale only by default: on the real HoloLens 2 scans (bench/bench_depth_calibration.py) an
+offset alone fits held-out views as well as a scale within their 0.35-0.65 m ranges, and
+the two together are not separable there (the halves of the data disagree); a ToF bias
+grows with range, so the scale is the model. ``fit_offset`` is for data spanning more range.
+
 Units: mm. Depth images hold z (along the optical axis), which is the range times the
 cosine of the pixel's angle to the axis: a scale applies to z unchanged, an offset as
 ``offset_mm * cos``.
