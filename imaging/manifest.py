@@ -50,6 +50,7 @@ class ManifestData:
     triangle_budget: int
     fiducials: list[Landmark] = field(default_factory=list)
     targets: list[Landmark] = field(default_factory=list)
+    landmark_source: dict[str, str] | None = None  # format and coordinate system of a --landmarks file
     timings_s: dict[str, float] = field(default_factory=dict)
 
 
@@ -87,10 +88,7 @@ def build_manifest(data: ManifestData, folder: Path) -> dict[str, Any]:
         },
         "triangle_budget": data.triangle_budget,
         "meshes": [_mesh_dict(entry) for entry in data.meshes],
-        "landmarks": {
-            "fiducials": [lm.to_dict() for lm in data.fiducials],
-            "targets": [lm.to_dict() for lm in data.targets],
-        },
+        "landmarks": _landmarks_dict(data),
         "source": {
             "format": source.format,
             "n_files": source.n_files,
@@ -103,6 +101,18 @@ def build_manifest(data: ManifestData, folder: Path) -> dict[str, Any]:
             name: {"sha256": sha256_file(folder / name), "bytes": (folder / name).stat().st_size} for name in files
         },
     }
+
+
+def _landmarks_dict(data: ManifestData) -> dict[str, Any]:
+    """Fiducials (touched by the surgeon) and targets, in LPS mm; ``from`` says what file
+    format and coordinate system they were read from (positions are LPS either way)."""
+    marks: dict[str, Any] = {
+        "fiducials": [lm.to_dict() for lm in data.fiducials],
+        "targets": [lm.to_dict() for lm in data.targets],
+    }
+    if data.landmark_source is not None:
+        marks["from"] = dict(data.landmark_source)
+    return marks
 
 
 def _mesh_dict(entry: MeshEntry) -> dict[str, Any]:

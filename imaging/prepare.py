@@ -25,6 +25,7 @@ from imaging.dicom_series import SeriesChoice
 from imaging.errors import InputError, SegmentationError
 from imaging.field import Field, coarsen_in_plane
 from imaging.gltf import write_glb
+from imaging.landmarks import LandmarkFile, check_in_scan, read_landmarks
 from imaging.load import DEFAULT_MEMORY_BUDGET_BYTES, LABEL_MAP, load_ct
 from imaging.manifest import (
     GLB_NAME,
@@ -62,6 +63,7 @@ class PrepareOptions:
     memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET_BYTES
     force: bool = False  # replace an --out model even when its files no longer match its manifest
     allowed_modalities: tuple[str, ...] = ()  # DICOM modalities besides CT (--allow-modality)
+    landmarks_path: Path | None = None  # anatomical landmarks marked on the CT (imaging.landmarks)
 
     def __post_init__(self) -> None:
         unknown = [s for s in self.segments if s not in KNOWN_SEGMENTS]
@@ -84,7 +86,8 @@ class PrepareOptions:
 
     def inputs(self, source: Path | None = None) -> tuple[Path, ...]:
         """Every file or folder the run reads: ``--out`` must never be, hold or sit inside one."""
-        return tuple(p for p in (source, self.labels_path, self.label_names_path) if p is not None)
+        given = (source, self.labels_path, self.label_names_path, self.landmarks_path)
+        return tuple(p for p in given if p is not None)
 
 
 @dataclass(frozen=True)
@@ -143,6 +146,7 @@ def _prepare_path(
 ) -> PreparedModel:
     check_destination(out, options.inputs(source), force=options.force)  # before minutes of work
     names = label_table.load_label_table(options.label_names_path) if options.label_names_path else None
+    marks = read_landmarks(options.landmarks_path) if options.landmarks_path else None
     timer = _Timer(progress)
     with timer.stage("load"):
         volume = load_ct(
@@ -165,6 +169,7 @@ def _prepare_path(
         study_id=study_id,
         labels=labels,
         label_names=names,
+        landmarks=marks,
         timer=timer,
         where=source,
         inputs=(source,),
@@ -172,8 +177,11 @@ def _prepare_path(
 
 
 def prepare_phantom(out: Path, options: PrepareOptions, progress: Progress | None = None) -> PreparedModel:
+    """The built-in phantom with its own fiducials and target, unless ``options.landmarks_path``
+    gives landmarks: those replace them."""
     from imaging import phantom
 
+    marks = read_landmarks(options.landmarks_path) if options.landmarks_path else None
     timer = _Timer(progress)
     with timer.stage("synthesize"):
         ph = phantom.make_phantom()
@@ -189,6 +197,7 @@ def prepare_phantom(out: Path, options: PrepareOptions, progress: Progress | Non
         label_names=names,
         fiducials=fiducials,
         targets=[Landmark("lesion", ph.target_mm)],
+        landmarks=marks,
         timer=timer,
         where="synthetic phantom",
     )
@@ -204,17 +213,25 @@ def prepare_volume(
     label_names: dict[int, tuple[str, RGBA]] | None = None,
     fiducials: list[Landmark] | None = None,
     targets: list[Landmark] | None = None,
+    landmarks: LandmarkFile | None = None,
     timer: _Timer | None = None,
     where: Path | str = "volume",
     inputs: Sequence[Path] = (),
 ) -> PreparedModel:
     """Segment, mesh and write ``volume`` as a model folder at ``out``; ``inputs`` are the
-    files or folders it came from, which ``out`` may never replace (see ``output_folder``)."""
+    files or folders it came from, which ``out`` may never replace (see ``output_folder``).
+    ``landmarks`` (read from ``options.landmarks_path`` when not given) must lie in the scan
+    and replace ``fiducials`` and ``targets``."""
     timer = timer or _Timer(None)
     protected = (*inputs, *options.inputs())
     check_destination(out, protected, force=options.force)
     if label_names is None and options.label_names_path is not None:
         label_names = label_table.load_label_table(options.label_names_path)
+    if landmarks is None and options.landmarks_path is not None:
+        landmarks = read_landmarks(options.landmarks_path)
+    if landmarks is not None:
+        check_in_scan(landmarks, volume.geometry, options.landmarks_path or "landmarks")
+        fiducials, targets = landmarks.fiducials, landmarks.targets
     with timer.stage("segment"):
         jobs = _segment(volume, options, labels, label_names or {}, where)
     with timer.stage("surface"):
@@ -227,6 +244,7 @@ def prepare_volume(
         triangle_budget=options.triangle_budget,
         fiducials=fiducials or [],
         targets=targets or [],
+        landmark_source=landmarks.source() if landmarks is not None else None,
         timings_s=timer.timings,
     )
     with timer.stage("write"):
