@@ -56,6 +56,14 @@ def prepare(
         Path | None,
         typer.Option("--label-names", help="Names/colours for --labels: JSON {id: name} or a Slicer colour table."),
     ] = None,  # noqa: UP007
+    landmarks: Annotated[
+        Path | None,
+        typer.Option(
+            "--landmarks",
+            help="Anatomical landmarks marked on this CT, for the surgeon to touch: Slicer markups .mrk.json, "
+            "Slicer .fcsv, or CSV name,x,y,z[,kind] in LPS mm. Written to the manifest (replacing the phantom's).",
+        ),
+    ] = None,  # noqa: UP007
     segments: Annotated[
         str, typer.Option("--segments", help="Comma-separated threshold segments to mesh: skin, bone, or none.")
     ] = "skin,bone",
@@ -91,7 +99,9 @@ def prepare(
     from imaging.errors import ImagingError
     from scrubin.redact import Redactor
 
-    redact = Redactor.for_paths(show_paths, input=input, labels=labels, label_names=label_names, out=out)
+    redact = Redactor.for_paths(
+        show_paths, input=input, labels=labels, label_names=label_names, landmarks=landmarks, out=out
+    )
     with one_line_errors((ImagingError, OSError), debug, redact), library_output_to_log(redact):
         from scrubin.prepare_command import run_prepare
 
@@ -102,6 +112,7 @@ def prepare(
             series=series,
             labels=labels,
             label_names=label_names,
+            landmarks=landmarks,
             segments=segments,
             budget=budget,
             max_memory_gb=max_memory_gb,

@@ -71,6 +71,7 @@ def run_prepare(
     force: bool = False,
     redact: Redact = str,
     allow_modality: tuple[str, ...] = (),
+    landmarks: Path | None = None,
 ) -> None:
     from imaging.prepare import PrepareOptions, prepare_path, prepare_phantom
 
@@ -90,6 +91,7 @@ def run_prepare(
         memory_budget_bytes=parse_memory_gb(max_memory_gb),
         force=force,
         allowed_modalities=tuple(m.strip().upper() for m in allow_modality),
+        landmarks_path=landmarks,
     )
     stages = [s for s in _STAGES if s != ("load" if phantom else "synthesize")]
     with Progress(
@@ -130,9 +132,26 @@ def _summary(manifest: dict[str, Any], timings_s: dict[str, float], out_shown: s
     total = sum(m["triangles"] for m in manifest["meshes"])
     table.add_row("[bold]total", f"[bold]{total:,}", "", "", f"budget {manifest['triangle_budget']:,}")
     console.print(table)
+    _landmark_line(manifest["landmarks"])
     timings = ", ".join(f"{k} {v:.2f}s" for k, v in timings_s.items())
     console.print(f"timings: {timings}")
     console.print(plain(f"wrote {out_shown}: model.glb, meshes/*.ply|stl, manifest.json"), soft_wrap=True)
+
+
+def _landmark_line(marks: dict[str, Any]) -> None:
+    """How many fiducials and targets the model carries, by name (anatomical names such as
+    "nasion" that the surgeon will be asked to touch), and the frame a file was given in."""
+    parts = []
+    for plural, singular in (("fiducials", "fiducial"), ("targets", "target")):
+        names = [m["name"] for m in marks[plural]]
+        listed = f" ({', '.join(names)})" if names else ""
+        parts.append(f"{len(names)} {singular if len(names) == 1 else plural}{listed}")
+    line = f"landmarks: {', '.join(parts)}"
+    source = marks.get("from")
+    if source:
+        frame = source["coordinate_system"]
+        line += f"; read from {source['format']} in {frame}" + (", converted to LPS" if "RAS" in frame else "")
+    console.print(plain(line), soft_wrap=True)
 
 
 def _fmt(v: list[float]) -> str:
