@@ -38,6 +38,12 @@ MAX_TRANSLATION_MM = 5000.0
 MAX_COORDINATE_MM = 1.0e5
 POINT_NAME_BYTES = 64
 POINT_GROUP_BYTES = 32
+POINT_ELEMENT_BYTES = 136  # one POINT element on the wire (name, group, colour, xyz, diameter, owner)
+# A navigation registration from Slicer: a POINT list of the surface trace (sensor frame,
+# never flipped, like LandmarksSensor), and the verdict sent back as a STRING.
+TRACE_DEVICE = "SurfaceTrace"
+VERDICT_DEVICE = "RegistrationVerdict"
+MAX_TRACE_POINTS = 20_000  # as over the headset bridge; the link's message limit may cap it lower
 
 
 def flip(frame: WireFrame) -> F64:
@@ -74,7 +80,12 @@ def status_text(estimate: Estimate) -> str:
     text = f"{status} fitness={_num(estimate.fitness, 2)} rmse={_num(estimate.rmse_mm, 2)}mm"
     if estimate.reasons:
         text += " | " + "; ".join(estimate.reasons)
-    return text.encode("ascii", "replace").decode("ascii")[:1000]
+    return ascii_line(text)
+
+
+def ascii_line(text: str, limit: int = 1000) -> str:
+    """``text`` as ASCII (others become ``?``) of at most ``limit`` characters, for STRING."""
+    return text.encode("ascii", "replace").decode("ascii")[:limit]
 
 
 def transform_message(T_sensor_model: F64, status: str, device: str, frame: WireFrame, timestamp_s: float) -> Any:
@@ -163,21 +174,47 @@ class SeedTransform:
     timestamp_s: float
 
 
+@dataclass(frozen=True)
+class TraceList:
+    """A surface trace from Slicer: points (N, 3) mm in the sensor frame (never flipped),
+    with the landmark lists that go with it (``sensor``: the measured ones received since
+    the previous trace; ``model``: the latest model-side list), either may be None."""
+
+    device: str
+    points_mm: F64
+    sensor: LandmarkList | None = None
+    model: LandmarkList | None = None
+
+
 def landmarks_from_message(msg: Any, frame: LandmarkFrame, wire_frame: WireFrame, max_points: int) -> LandmarkList:
     """Check a POINT message (Slicer fiducial list) and convert it, or ValueError."""
     names = tuple(str(n) for n in msg.names)
-    P = np.asarray(msg.positions, dtype=np.float64).reshape(-1, 3)
-    if not 1 <= len(P) <= max_points:
-        msg_ = f"landmark list {msg.device_name!r} must hold 1 to {max_points} points, got {len(P)}"
-        raise ValueError(msg_)
+    P = _positions(msg, "landmark", max_points)
     if any(not n.strip() for n in names) or len(set(names)) != len(names):
         msg_ = f"landmark names must be non-empty and unique, got {list(names)!r}"
         raise ValueError(msg_)
-    if not np.all(np.isfinite(P)) or np.abs(P).max() > MAX_COORDINATE_MM:
-        msg_ = f"landmark positions must be finite mm within {MAX_COORDINATE_MM:g}, got {P.tolist()!r}"
-        raise ValueError(msg_)
     points = wire_to_model(P, wire_frame) if frame == "model" else P
     return LandmarkList(str(msg.device_name), frame, names, points)
+
+
+def trace_from_message(msg: Any, max_points: int) -> TraceList:
+    """Check a POINT message holding a surface trace (sensor mm) and convert it, or
+    ValueError. Point names are not used (a trace is one acquisition)."""
+    return TraceList(str(msg.device_name), _positions(msg, "trace", max_points))
+
+
+def _positions(msg: Any, what: str, max_points: int) -> F64:
+    """The (N, 3) positions of a POINT message: 1..max_points, finite, within range."""
+    P = np.asarray(msg.positions, dtype=np.float64).reshape(-1, 3)
+    if not 1 <= len(P) <= max_points:
+        msg_ = f"{what} list {msg.device_name!r} must hold 1 to {max_points} points, got {len(P)}"
+        raise ValueError(msg_)
+    bad = ~np.all(np.isfinite(P) & (np.abs(P) <= MAX_COORDINATE_MM), axis=1)
+    if bad.any():
+        shown = repr(P.tolist()) if len(P) <= 64 else f"point {int(np.argmax(bad))} = {P[bad][0].tolist()!r}"
+        msg_ = f"{what} positions must be finite mm within {MAX_COORDINATE_MM:g}, got {shown}"
+        raise ValueError(msg_)
+    return P
 
 
 def seed_from_message(msg: Any, wire_frame: WireFrame) -> SeedTransform:
@@ -252,7 +289,9 @@ def _cut(text: str, limit: int) -> bytes:
 __all__ = [
     "LandmarkList",
     "SeedTransform",
+    "TraceList",
     "annotation_message",
+    "ascii_line",
     "check_rigid",
     "landmark_pairs",
     "landmarks_from_message",
@@ -260,5 +299,6 @@ __all__ = [
     "seed_from_message",
     "status_message",
     "status_text",
+    "trace_from_message",
     "transform_message",
 ]

@@ -29,7 +29,7 @@ import numpy as np
 from scrubin.audit import AuditLog
 from slicer_link import convert
 from slicer_link.config import IGTL_DEVICE_NAME_BYTES, SlicerLinkConfig, WireFrame
-from slicer_link.convert import LandmarkList, SeedTransform
+from slicer_link.convert import LandmarkList, SeedTransform, TraceList
 from slicer_link.polydata import check_mesh
 from slicer_link.wire import FramingError, MessageError, Reader
 
@@ -43,6 +43,7 @@ ROLE = "slicer"
 MeshInput = Path | str | Sequence[tuple[str, object, object]]
 LandmarksCallback = Callable[[LandmarkList], None]
 TransformCallback = Callable[[SeedTransform], None]
+TraceCallback = Callable[[TraceList], None]
 
 
 class _Item:
@@ -61,8 +62,9 @@ class _Item:
 
 
 class SlicerLink:
-    """Serve meshes, pose, status and annotations to Slicer; take landmarks and a seed
-    transform from it when allowed. ``start()`` does nothing unless ``config.enabled``."""
+    """Serve meshes, pose, status and annotations to Slicer; take landmarks, a surface
+    trace and a seed transform from it when allowed. ``start()`` does nothing unless
+    ``config.enabled``."""
 
     def __init__(
         self,
@@ -71,11 +73,15 @@ class SlicerLink:
         *,
         on_landmarks: LandmarksCallback | None = None,
         on_transform: TransformCallback | None = None,
+        on_trace: TraceCallback | None = None,
     ) -> None:
         self.config = config
         self.audit = audit
         self.on_landmarks = on_landmarks
         self.on_transform = on_transform
+        self.on_trace = on_trace
+        # The landmark lists a trace goes with: "sensor" is used by the next trace only.
+        self._lists: dict[str, LandmarkList] = {}
         self._allow = {"landmarks": config.accept_landmarks, "transform": config.accept_transform}
         self._cond = threading.Condition()
         self._outbox: dict[str, _Item] = {}
@@ -203,6 +209,18 @@ class SlicerLink:
             self._put_locked(f"ESTIMATE:{self.config.transform_device}", build)
             self._counts["published.estimates"] = self._counts.get("published.estimates", 0) + 1
 
+    def publish_verdict(self, text: str) -> None:
+        """Publish the verdict of the latest navigation registration as the STRING
+        ``RegistrationVerdict`` (a text node in Slicer; a new client gets the latest)."""
+        message = convert.status_message(convert.ascii_line(text), convert.VERDICT_DEVICE, time.time())
+        self._put(f"STRING:{convert.VERDICT_DEVICE}", lambda: [message])
+        self._count("published.verdicts")
+
+    @property
+    def max_trace_points(self) -> int:
+        """The largest trace taken: 20,000 points, or what fits the message limit."""
+        return min(convert.MAX_TRACE_POINTS, self.config.max_incoming_bytes // convert.POINT_ELEMENT_BYTES)
+
     def publish_annotations(self, annotations: Sequence[Annotation]) -> None:
         """Publish the current annotation set (model frame) as one POINT list; an empty
         sequence clears Slicer's list."""
@@ -271,13 +289,16 @@ class SlicerLink:
         cfg = self.config
         if mtype == "POINT" and device in (cfg.landmarks_sensor_device, cfg.landmarks_model_device):
             self._landmarks(actor, message, "sensor" if device == cfg.landmarks_sensor_device else "model")
+        elif mtype == "POINT" and device == convert.TRACE_DEVICE:
+            self._trace(actor, message)
         elif mtype == "TRANSFORM" and device == cfg.seed_transform_device:
             self._seed(actor, message)
         elif mtype == "TRANSFORM" and device == cfg.transform_device:
             reason = f"{device!r} is scrubin's own output; send a seed as {cfg.seed_transform_device!r}"
             self._refuse(actor, mtype, device, reason)
         else:
-            expected = [cfg.landmarks_sensor_device, cfg.landmarks_model_device, cfg.seed_transform_device]
+            expected = [cfg.landmarks_sensor_device, cfg.landmarks_model_device, convert.TRACE_DEVICE]
+            expected.append(cfg.seed_transform_device)
             self._refuse(actor, mtype, device, f"unexpected device {device!r}; this link takes {expected!r}")
 
     def _landmarks(self, actor: str, message: Any, frame: convert.LandmarkFrame) -> None:
@@ -301,7 +322,31 @@ class SlicerLink:
             points_mm=points,
         ):
             self._count("received.landmarks")
+            with self._cond:
+                self._lists[frame] = marks
             self._callback(actor, self.on_landmarks, marks)
+
+    def _trace(self, actor: str, message: Any) -> None:
+        """A surface trace starts a navigation registration with the landmark lists sent
+        before it. Audited by count, never by coordinates (a trace is thousands of points)."""
+        device = str(message.device_name)
+        if not self._allow["landmarks"]:
+            self._refuse(actor, "POINT", device, "surface traces from Slicer are not allowed in this session")
+            return
+        try:
+            trace = convert.trace_from_message(message, self.max_trace_points)
+        except ValueError as exc:
+            self._refuse(actor, "POINT", device, str(exc))
+            return
+        with self._cond:
+            sensor, model = self._lists.pop("sensor", None), self._lists.get("model")
+        trace = TraceList(trace.device, trace.points_mm, sensor, model)
+        names = [] if sensor is None else list(sensor.names)
+        if self._audit(
+            actor, "slicer.trace", accepted=True, device=device, n_points=len(trace.points_mm), landmarks=names
+        ):
+            self._count("received.traces")
+            self._callback(actor, self.on_trace, trace)
 
     def _seed(self, actor: str, message: Any) -> None:
         device = str(message.device_name)
@@ -323,6 +368,8 @@ class SlicerLink:
         log.info("refused %s %r from %s: %s", message_type, device, actor, reason)
         self._count(f"refused.{message_type or 'unknown'}")
         action = {"POINT": "slicer.landmarks", "TRANSFORM": "slicer.transform"}.get(message_type, "slicer.message")
+        if message_type == "POINT" and device == convert.TRACE_DEVICE:
+            action = "slicer.trace"
         self._audit(actor, action, accepted=False, type=message_type, device=device, reason=reason)
 
     def _callback(self, actor: str, callback: Callable[[Any], None] | None, value: Any) -> None:
