@@ -12,7 +12,9 @@ headset world), tracks it frame by frame, and publishes every estimate at once. 
 headset's depth-bias correction is applied to its frames first (scrubin.session_calibration). After a run
 of lost frames it re-initialises: first from the last trusted pose carried through the
 headset's own camera motion (the patient does not move in the headset world), then
-markerless.
+markerless. A navigation registration (landmarks and a surface trace from a headset, a
+tracker or Slicer) runs on its own thread and, when accepted, restarts the tracker like a
+Slicer seed (scrubin.session_navigation).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from headset_bridge.messages import VideoFrame as UplinkVideo
 from scrubin.audit import AuditLog
 from scrubin.config import RegistrationSettings, SessionSettings
 from scrubin.session_calibration import SessionDepthCalibration
+from scrubin.session_navigation import SessionNavigation
 
 if TYPE_CHECKING:
     from headset_bridge.keys import Allowlist, KeyPair
@@ -199,6 +202,12 @@ class TheatreSession:
         # Per-headset depth correction, stored next to the session's headset keys.
         cal_dir = keys.allowlist_dir.parent / "depth_calibration" if keys.allowlist_dir else None
         self.depth_calibration = SessionDepthCalibration(settings.registration, cal_dir, audit)
+        # Landmarks + surface trace from a headset, a tracker or Slicer, on its own thread.
+        self.navigation = SessionNavigation(
+            self.name, audit, self.bridge, lambda: self.model, self._newest_frame, lambda: self._sensor
+        )
+        if self._slicer is not None:
+            self.navigation.attach_slicer(self._slicer.link)
 
     # -- lifecycle ---------------------------------------------------------
     def start(self, mentor_server: Any = None) -> TheatreSession:
@@ -221,6 +230,7 @@ class TheatreSession:
         self.audit.append(*SYSTEM_ACTOR, "session started", pub=self.bridge.pub_endpoint, ctl=self.bridge.ctl_endpoint)
         log.info("session %s: pub %s ctl %s", self.name, self.bridge.pub_endpoint, self.bridge.ctl_endpoint)
         self._spawn(self._registration_main, "registration")
+        self._spawn(lambda: self.navigation.main(self._stop), "navigation")
         if self.settings.video:
             self._spawn(self._media_main, "media")
         return self
@@ -375,6 +385,12 @@ class TheatreSession:
             depth_calibration=self.depth_calibration.report(),
         )
 
+    def _newest_frame(self) -> tuple[str, F64] | None:
+        """(headset, T_world_camera) of the newest registered depth frame, or None."""
+        with self._lock:
+            rec = self.frames[-1] if self.frames else None
+        return None if rec is None else (rec.headset, rec.T_world_camera)
+
     def records(self) -> list[FrameRecord]:
         with self._lock:
             return list(self.frames)
@@ -527,10 +543,13 @@ class TheatreSession:
         lp = self._loop
         event = ""
         seed = self._slicer.take_seed() if self._slicer is not None else None
+        seeded = "slicer seed"
+        if seed is None:  # an accepted navigation registration starts the tracker the same way
+            seed, seeded = self.navigation.take_start(frame.headset, frame.T_world_camera), "navigation"
         if seed is not None and self.model is not None:
             from registration import Tracker
 
-            lp.tracker, lp.lost_run, event = Tracker(self.model, seed[0]), 0, "slicer seed"
+            lp.tracker, lp.lost_run, event = Tracker(self.model, seed[0]), 0, seeded
             self.audit.append(*SYSTEM_ACTOR, "registration initialised", method=seed[1], frame=frame.seq, first=False)
         elif lp.tracker is None or lp.lost_run >= self.settings.registration.reinit_after_lost:
             event = "init" if lp.tracker is None else "reinit"
