@@ -34,6 +34,7 @@ from registration.nearest_grid import NearestGrid
 MAX_STEP_RAD = 0.35  # one step turns a pose by at most ~20 degrees ...
 MIN_WEIGHTED_POINTS = 6  # ... and a pose with fewer weighted points does not move
 DAMPING = 1e-6  # Levenberg damping relative to the mean diagonal of the normal equations
+CHUNKS = 256  # poses are split into this many chunks over the threads
 
 # OpenMP first: thread-safe when two registrations run at once, and Debian's TBB is too old
 # for Numba (it would warn on every start before falling back).
@@ -154,19 +155,29 @@ def _distances(cells, dims, offset, cell_mm, table, P, out):  # type: ignore[no-
 @njit(cache=True, parallel=True)  # type: ignore[misc]
 def _gauss_newton(cells, dims, offset, cell_mm, table, Q, R, t, gates):  # type: ignore[no-untyped-def]
     inv = 1.0 / cell_mm
-    for k in prange(R.shape[0]):
-        for gate in gates:
-            H, b, used = _normal_equations(cells, dims, offset, inv, cell_mm, table, Q, R, t, k, gate)
-            if used < MIN_WEIGHTED_POINTS or not _solve_step(H, b):
-                break
-            _apply_step(R, t, k, b)
+    n = R.shape[0]
+    chunks = min(n, CHUNKS)
+    # Scratch arrays once per chunk of poses, not per pose and step: allocations would
+    # otherwise cost more than the arithmetic of a 16-point step.
+    for c in prange(chunks):
+        H = np.empty((6, 6))
+        b = np.empty(6)
+        L = np.empty((6, 6))
+        y = np.empty(6)
+        Rk = np.empty((3, 3))
+        for k in range(c * n // chunks, (c + 1) * n // chunks):
+            for gate in gates:
+                used = _normal_equations(cells, dims, offset, inv, cell_mm, table, Q, R, t, k, gate, H, b)
+                if used < MIN_WEIGHTED_POINTS or not _solve_step(H, b, L, y):
+                    break
+                _apply_step(R, t, k, b, Rk)
 
 
 @njit(cache=True, inline="always")  # type: ignore[misc]
-def _normal_equations(cells, dims, offset, inv, cell_mm, table, Q, R, t, k, gate):  # type: ignore[no-untyped-def]
-    """Tukey-weighted point-to-plane normal equations of pose ``k`` (lower triangle of H,
-    and b), and the number of points that carried weight. The 27 sums are scalars so
-    they stay in registers: this loop is the cost of every pose search."""
+def _normal_equations(cells, dims, offset, inv, cell_mm, table, Q, R, t, k, gate, H, b):  # type: ignore[no-untyped-def]
+    """Tukey-weighted point-to-plane normal equations of pose ``k`` into ``H`` (lower
+    triangle) and ``b``; returns the number of points that carried weight. The 27 sums
+    are scalars so they stay in registers: this loop is the cost of every pose search."""
     r00 = r01 = r02 = r10 = r11 = r12 = r20 = r21 = r22 = 0.0
     r00, r01, r02 = R[k, 0, 0], R[k, 0, 1], R[k, 0, 2]
     r10, r11, r12 = R[k, 1, 0], R[k, 1, 1], R[k, 1, 2]
@@ -222,24 +233,22 @@ def _normal_equations(cells, dims, offset, inv, cell_mm, table, Q, R, t, k, gate
         b4 += w4 * r
         b5 += w5 * r
         used += 1
-    H = np.zeros((6, 6))
     H[0, 0], H[1, 0], H[1, 1], H[2, 0], H[2, 1], H[2, 2] = h00, h10, h11, h20, h21, h22
     H[3, 0], H[3, 1], H[3, 2], H[3, 3] = h30, h31, h32, h33
     H[4, 0], H[4, 1], H[4, 2], H[4, 3], H[4, 4] = h40, h41, h42, h43, h44
     H[5, 0], H[5, 1], H[5, 2], H[5, 3], H[5, 4], H[5, 5] = h50, h51, h52, h53, h54, h55
-    b = np.array([b0, b1, b2, b3, b4, b5])
-    return H, b, used
+    b[0], b[1], b[2], b[3], b[4], b[5] = b0, b1, b2, b3, b4, b5
+    return used
 
 
 @njit(cache=True, inline="always")  # type: ignore[misc]
-def _solve_step(H, b):  # type: ignore[no-untyped-def]
+def _solve_step(H, b, L, y):  # type: ignore[no-untyped-def]
     """Solve the (lower-triangle filled) damped system H xi = -b in place into ``b`` by
-    Cholesky; False when it is not positive definite."""
+    Cholesky (scratch ``L``, ``y``); False when it is not positive definite."""
     lam = 0.0
     for a in range(6):
         lam += H[a, a]
     lam = DAMPING * lam / 6.0 + 1e-9
-    L = np.zeros((6, 6))
     for i in range(6):
         for j in range(i + 1):
             s = H[i, j] + (lam if i == j else 0.0)
@@ -251,7 +260,6 @@ def _solve_step(H, b):  # type: ignore[no-untyped-def]
                 L[i, i] = math.sqrt(s)
             else:
                 L[i, j] = s / L[j, j]
-    y = np.zeros(6)
     for i in range(6):
         s = -b[i]
         for p in range(i):
@@ -266,8 +274,9 @@ def _solve_step(H, b):  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True, inline="always")  # type: ignore[misc]
-def _apply_step(R, t, k, xi):  # type: ignore[no-untyped-def]
-    """R[k] <- exp(omega) R[k], t[k] <- t[k] + v, the rotation capped at MAX_STEP_RAD."""
+def _apply_step(R, t, k, xi, Rk):  # type: ignore[no-untyped-def]
+    """R[k] <- exp(omega) R[k], t[k] <- t[k] + v, the rotation capped at MAX_STEP_RAD
+    (``Rk``: scratch)."""
     wx, wy, wz = xi[0], xi[1], xi[2]
     theta = math.sqrt(wx * wx + wy * wy + wz * wz)
     scale = 1.0
@@ -278,18 +287,14 @@ def _apply_step(R, t, k, xi):  # type: ignore[no-untyped-def]
         a, c = 1.0, 0.5
     else:
         a, c = math.sin(theta) / theta, (1.0 - math.cos(theta)) / (theta * theta)
-    E = np.empty((3, 3))
-    E[0, 0] = 1.0 - c * (wy * wy + wz * wz)
-    E[1, 1] = 1.0 - c * (wx * wx + wz * wz)
-    E[2, 2] = 1.0 - c * (wx * wx + wy * wy)
-    E[0, 1] = -a * wz + c * wx * wy
-    E[1, 0] = a * wz + c * wx * wy
-    E[0, 2] = a * wy + c * wx * wz
-    E[2, 0] = -a * wy + c * wx * wz
-    E[1, 2] = -a * wx + c * wy * wz
-    E[2, 1] = a * wx + c * wy * wz
-    Rk = R[k].copy()
+    e00, e11, e22 = 1.0 - c * (wy * wy + wz * wz), 1.0 - c * (wx * wx + wz * wz), 1.0 - c * (wx * wx + wy * wy)
+    e01, e10 = -a * wz + c * wx * wy, a * wz + c * wx * wy
+    e02, e20 = a * wy + c * wx * wz, -a * wy + c * wx * wz
+    e12, e21 = -a * wx + c * wy * wz, a * wx + c * wy * wz
+    Rk[:, :] = R[k]
+    for j in range(3):
+        R[k, 0, j] = e00 * Rk[0, j] + e01 * Rk[1, j] + e02 * Rk[2, j]
+        R[k, 1, j] = e10 * Rk[0, j] + e11 * Rk[1, j] + e12 * Rk[2, j]
+        R[k, 2, j] = e20 * Rk[0, j] + e21 * Rk[1, j] + e22 * Rk[2, j]
     for i in range(3):
-        for j in range(3):
-            R[k, i, j] = E[i, 0] * Rk[0, j] + E[i, 1] * Rk[1, j] + E[i, 2] * Rk[2, j]
         t[k, i] += xi[3 + i] * scale

@@ -34,6 +34,7 @@ FEATURE_VOXEL_MM = 6.0  # FPFH scale of markerless initial alignment
 ANCHOR_SPACING_MM = 12.0  # seeds of its hypothesis sweep
 SEARCH_GRID_MM = 4.0  # cell of the wide grid the pose searches start on
 SEARCH_BAND_MM = 40.0  # how far off the surface a search start still finds the surface
+CANCELLED_NORMALS = 0.5  # face normals around a vertex that sum to less than this share of their area
 SEARCH_VERTEX_MM = 3.0  # vertices of that grid: one per cube of this size
 
 
@@ -295,13 +296,46 @@ def _landmarks(marks: dict[str, object] | None) -> tuple[Landmark, ...]:
 
 
 def _vertex_normals(V: F64, F: NDArray[np.int64]) -> F64:
-    """Area-weighted vertex normals; the mesh is outward-oriented by contract."""
+    """Area-weighted vertex normals, outward where the mesh is consistently oriented.
+
+    Where it is not (a bony surface from a threshold, a scan stitched from parts), the
+    face normals around a vertex cancel: there the normal is the principal axis of the
+    area-weighted face normals instead (their structure tensor), which ignores signs.
+    Registration residuals are distances to tangent planes, so the sign never matters."""
     face_n = np.cross(V[F[:, 1]] - V[F[:, 0]], V[F[:, 2]] - V[F[:, 0]])
     N = np.zeros_like(V)
+    area = np.zeros(len(V))
+    face_area = np.linalg.norm(face_n, axis=1)
     for k in range(3):
         np.add.at(N, F[:, k], face_n)
-    norm = np.linalg.norm(N, axis=1, keepdims=True)
-    out: F64 = np.divide(N, norm, out=np.zeros_like(N), where=norm > 0)
+        np.add.at(area, F[:, k], face_area)
+    norm = np.linalg.norm(N, axis=1)
+    cancelled = np.flatnonzero((norm < CANCELLED_NORMALS * area) & (area > 0))
+    if len(cancelled):
+        N[cancelled] = _principal_axes(F, face_n, face_area, cancelled, len(V), N[cancelled])
+        norm = np.linalg.norm(N, axis=1)
+    out: F64 = np.divide(N, norm[:, None], out=np.zeros_like(N), where=norm[:, None] > 0)
+    return out
+
+
+def _principal_axes(
+    F: NDArray[np.int64], face_n: F64, face_area: F64, which: NDArray[np.int64], n_vertices: int, hint: F64
+) -> F64:
+    """Per vertex in ``which``: the principal axis of the area-weighted outer products of
+    its faces' unit normals, signed towards ``hint`` where that is not zero."""
+    unit = np.divide(face_n, face_area[:, None], out=np.zeros_like(face_n), where=face_area[:, None] > 0)
+    outer = unit[:, :, None] * unit[:, None, :] * face_area[:, None, None]
+    slot = np.full(n_vertices, -1)
+    slot[which] = np.arange(len(which))
+    tensor = np.zeros((len(which), 3, 3))
+    for k in range(3):
+        s = slot[F[:, k]]
+        hit = s >= 0
+        np.add.at(tensor, s[hit], outer[hit])
+    axes = np.linalg.eigh(tensor)[1][:, :, 2]
+    flip = np.einsum("ij,ij->i", axes, hint) < 0
+    axes[flip] = -axes[flip]
+    out: F64 = axes
     return out
 
 

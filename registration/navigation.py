@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
+from numpy.typing import NDArray
 
 from registration.ambiguity import fair_cost_ratio
 from registration.estimate import Estimate, Status, predicted_tre
@@ -34,6 +35,7 @@ from registration.model import SurfaceModel
 from registration.paired_point import PairedPoint, landmark_pairs, paired_point_fit
 from registration.refine import RefineConfig, Refinement, refine
 from registration.trace_search import SearchConfig, SearchResult, search
+from registration.turns import best_turned_rival
 from registration.weak_direction import where_points_help
 
 log = logging.getLogger(__name__)
@@ -52,6 +54,7 @@ class NavigationConfig:
     max_landmark_error_mm: float = 15.0  # a touched landmark this far from the fitted pose
     ambiguity_ratio: float = 2.0  # the best distinct rival must cost this many times more
     distinct_mm: float = 6.0
+    turn_retries: int = 2  # from a given start: a better turned pose is taken this often
 
 
 @dataclass(frozen=True)
@@ -72,8 +75,10 @@ class NavigationResult:
     check that failed (empty when ``status`` is tracking). ``trace_residual_rms_mm`` /
     ``_p90_mm`` are exact surface distances of the kept points; ``rejected`` counts the
     points dropped as lifted or off the model; ``predicted_tre_mm`` maps each model
-    target (or ``"centroid"``) to its predicted RMS error; ``hint`` says where more
-    points would help when the geometry is weak or the result refused."""
+    target (or ``"centroid"``) to its predicted RMS error (a lower bound: it assumes
+    independent point errors); ``hint`` says where more points would help when the
+    geometry is weak or the result refused; ``kept`` flags the trace points used (the
+    others were rejected as lifted or off the model)."""
 
     T_sensor_model: F64
     status: Status
@@ -92,6 +97,7 @@ class NavigationResult:
     hint: str | None
     elapsed_ms: float
     covariance: F64 = field(default_factory=lambda: np.full((6, 6), np.inf))
+    kept: NDArray[np.bool_] = field(default_factory=lambda: np.zeros(0, dtype=bool))  # per trace point
 
     @property
     def verdict(self) -> str:
@@ -147,6 +153,8 @@ def register_trace(
     T0 = coarse.T_sensor_model if coarse else start
     if T0 is not None:
         refined = refine(model, pts, invert(as_transform(T0, "start T_sensor_model")), cfg.refine)
+        if coarse is None:  # nothing but the start vouches for the basin: try the turned model
+            refined = _better_turned(model, pts, refined, cfg)
         return _finish(model, pts, refined, None, coarse, method, cfg, t0)
     found = search(model, pts, cfg.search)
     if found.best is None:
@@ -182,10 +190,23 @@ def _finish(
     result = NavigationResult(
         T, status, reasons, method, None if coarse is None else coarse.fre_mm, lm_err, ref.residual_rms_mm,
         ref.residual_p90_mm, len(pts), ref.n_rejected, tre, cond, ref.converged, rival, hint,
-        (time.perf_counter() - t0) * 1e3, cov,
+        (time.perf_counter() - t0) * 1e3, cov, ref.inliers,
     )  # fmt: skip
     log.info("trace registration %s", result.verdict)
     return result
+
+
+def _better_turned(model: SurfaceModel, pts: F64, ref: Refinement, cfg: NavigationConfig) -> Refinement:
+    """A start may sit in the basin of the model turned about a patient axis (a face upside
+    down fits a trace well): when a turned pose fits better it is taken, refined, and
+    checked again (at most ``turn_retries`` times)."""
+    for _ in range(cfg.turn_retries):
+        rival = best_turned_rival(model, pts[ref.inliers], ref.T_model_sensor, distinct_mm=cfg.distinct_mm)
+        if rival is None or rival.ratio >= 1.0:
+            return ref
+        log.info("trace refinement: a turned pose fits better (%.2fx); taking it", rival.ratio)
+        ref = refine(model, pts, rival.T_model_sensor, cfg.refine)
+    return ref
 
 
 def _reasons(
@@ -254,5 +275,5 @@ def _refused(
         T, Status.LOST, (reason,), method, None if coarse is None else coarse.fre_mm, None, math.inf, math.inf,
         len(pts), 0, {}, math.inf, False, None,
         "trace at least 20 points over distinct anatomy (e.g. brow, orbital rims, nose), not one smooth patch",
-        (time.perf_counter() - t0) * 1e3,
+        (time.perf_counter() - t0) * 1e3, kept=np.zeros(len(pts), dtype=bool),
     )  # fmt: skip

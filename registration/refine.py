@@ -5,8 +5,9 @@ minimum 4-15 degrees away on a patch of little curvature (measured on real point
 traces of skull phantoms), whatever its robust kernel. So the refinement first tries
 a ball of starts around the given one (rotations within ``local_deg``, translations
 within ``local_mm``), each pulled in by a few robust steps with a shrinking gate on a
-subset (registration/batch_fit.py), keeps the lowest truncated cost, and then runs the
-full robust ICP (Tukey weights, shrinking gate) on every point. Points that stay
+subset (registration/batch_fit.py), keeps the lowest truncated cost, runs the full
+robust ICP (Tukey weights, shrinking gate) on every point, and settles the result with
+ICP on the exact closest points of the triangles (registration/exact_icp.py). Points that stay
 farther than ``outlier_mm`` (or 4 robust sigma) from the surface at the result, such as
 a pointer lifted off the skin, are rejected and reported.
 
@@ -25,6 +26,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from registration.batch_fit import gauss_newton, transform_batch, truncated_costs
+from registration.exact_icp import exact_point_to_plane
 from registration.frames import F64, invert, transform_points
 from registration.icp import point_to_plane
 from registration.model import SurfaceModel
@@ -43,8 +45,10 @@ class RefineConfig:
     final_points: int = 3000
     final_gate_mm: float = 6.0  # the full ICP's gate shrinks from this ...
     final_min_gate_mm: float = 2.0  # ... to this
-    final_iterations: int = 40
-    tol_mm: float = 0.05  # converged when a step moves points (100 mm lever) by less than this
+    final_iterations: int = 20  # grid ICP: close to the optimum, quickly ...
+    tol_mm: float = 0.05
+    exact_iterations: int = 20  # ... then ICP on exact closest points, which must converge:
+    exact_tol_mm: float = 0.01  # a step moving points (100 mm lever) by less than this
     outlier_mm: float = 3.0
     distinct_mm: float = 4.0
 
@@ -91,16 +95,11 @@ def refine(
     cfg = config or RefineConfig()
     t0 = time.perf_counter()
     best, rival, ratio = _local_search(model, points_sensor, T_model_sensor, cfg)
-    res = point_to_plane(
-        model,
-        spread(points_sensor, cfg.final_points),
-        best,
-        max_corr_mm=cfg.final_gate_mm,
-        min_corr_mm=cfg.final_min_gate_mm,
-        iterations=cfg.final_iterations,
-        min_points=6,
-        tol_mm=cfg.tol_mm,
-    )
+    final = spread(points_sensor, cfg.final_points)
+    grid = point_to_plane(model, final, best, max_corr_mm=cfg.final_gate_mm, min_corr_mm=cfg.final_min_gate_mm,
+                          iterations=cfg.final_iterations, min_points=6, tol_mm=cfg.tol_mm)  # fmt: skip
+    res = exact_point_to_plane(model, final, grid.T_model_sensor, gate_mm=max(cfg.outlier_mm, 4.0 * grid.sigma_mm),
+                               iterations=cfg.exact_iterations, tol_mm=cfg.exact_tol_mm)  # fmt: skip
     d = model.distance(transform_points(res.T_model_sensor, points_sensor))
     sigma = max(1.4826 * float(np.median(d)), 0.1)
     inl = d < max(cfg.outlier_mm, 4.0 * sigma)

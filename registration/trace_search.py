@@ -47,6 +47,7 @@ class SearchConfig:
     coarse_points: int = 16
     coarse_gates_mm: tuple[float, ...] = (30.0, 20.0, 12.0)
     coarse_trunc_mm: float = 10.0
+    first_step_keep: float = 0.3  # share of starts kept after the first coarse step
     keep: int = 1500  # starts passed from the coarse to the fine stage
     fine_points: int = 64
     fine_gates_mm: tuple[float, ...] = (10.0, 7.0, 5.0, 4.0, 3.0)
@@ -213,7 +214,13 @@ def _coarse(model: SurfaceModel, trace: _Trace, cfg: SearchConfig) -> tuple[F64,
     R = np.repeat(R0[None], len(seeds), axis=0).reshape(-1, 3, 3)
     t = np.repeat(seeds, len(R0), axis=0)
     small = trace.take(cfg.coarse_points)
-    R, t = gauss_newton(surf, R, t, small, cfg.coarse_gates_mm)
+    # Successive halving: one wide step for every start, then the rest of the coarse
+    # steps only for the best share (a start that ends in the right basin ranked within
+    # the best 4 % after one step on every trace tried).
+    R, t = gauss_newton(surf, R, t, small, cfg.coarse_gates_mm[:1])
+    cost = truncated_costs(surf, R, t, small, cfg.coarse_gates_mm[0] / 2.0)
+    alive = np.argsort(cost)[: int(cfg.first_step_keep * len(cost))]
+    R, t = gauss_newton(surf, R[alive], t[alive], small, cfg.coarse_gates_mm[1:])
     cost = truncated_costs(surf, R, t, small, cfg.coarse_trunc_mm)
     top = np.argsort(cost)[: cfg.keep]
     mid = trace.take(cfg.fine_points)

@@ -134,6 +134,41 @@ def _lines(model: SurfaceModel, n: int, rng: np.random.Generator) -> F64:
     return np.concatenate(out)
 
 
+# Where the imaging team marks anatomical landmarks on a face, as (x, z) offsets (mm) from
+# the nose tip seen from the front; the skin point behind each is the landmark.
+FACE_LANDMARKS = {
+    "nose_tip": (0.0, 0.0),
+    "nasion": (0.0, 45.0),
+    "right_canthus": (-45.0, 30.0),
+    "left_canthus": (45.0, 30.0),
+}
+
+
+def face_landmarks(model: SurfaceModel) -> dict[str, F64]:
+    """The :data:`FACE_LANDMARKS` on the model's skin (model mm); missed rays are left out."""
+    tip = nose_tip(model)
+    out = {}
+    for name, (dx, dz) in FACE_LANDMARKS.items():
+        hit = face_hits(model, np.array([[tip[0] + dx, tip[2] + dz]]))
+        if len(hit):
+            out[name] = hit[0]
+    return out
+
+
+def touched_landmarks(
+    landmarks_model: dict[str, F64], T_sensor_model: F64, error_mm: tuple[float, float], seed: int
+) -> dict[str, F64]:
+    """Where a surgeon touches each landmark, in the sensor frame: the true position off by
+    ``error_mm`` (low, high) in a random direction."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name, p in landmarks_model.items():
+        d = rng.normal(size=3)
+        d *= rng.uniform(*error_mm) / np.linalg.norm(d)
+        out[name] = transform_points(T_sensor_model, (p + d)[None])[0]
+    return out
+
+
 def random_tracker_pose(rng: np.random.Generator, distance_mm: float, centre: F64) -> F64:
     """A uniformly random rotation about ``centre`` and a translation putting the model
     ``distance_mm`` from the tracker origin: T_sensor_model."""
