@@ -94,9 +94,11 @@ def _verdict(o: Outcome) -> str:
 
 
 def _first_line(o: Outcome) -> str:
+    """Exit code, how many stderr lines, and the last one (the error line, when there is one)."""
     lines = [ln.strip() for ln in o.stderr.splitlines() if ln.strip()]
-    text = lines[-1] if lines else f"exit {o.returncode}, no stderr"
-    return f"exit {o.returncode}: {text[:200]}"
+    if not lines:
+        return f"exit {o.returncode}, no stderr"
+    return f"exit {o.returncode}, {len(lines)} stderr line(s), last: {lines[-1][:200]}"
 
 
 def _record(o: Outcome) -> dict[str, object]:

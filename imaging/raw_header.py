@@ -176,6 +176,8 @@ def read_metaimage_header(path: Path) -> tuple[dict[str, str], int] | None:
 
 
 def metaimage_field_problem(fields: dict[str, str]) -> str | None:
+    if "ElementSpacing" not in fields and "ElementSize" not in fields:
+        return "header has no ElementSpacing (nor ElementSize): the voxel size is unknown; refusing to guess one"
     for key in _MET_ORIGIN_KEYS:
         if key in fields:
             try:

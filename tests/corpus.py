@@ -592,6 +592,22 @@ def _truncated_zlib(where: Path) -> Path:
     return where / "truncated_zlib.mha"
 
 
+def _no_spacing(where: Path) -> Path:
+    path = where / "no_spacing.mha"
+    path.write_bytes(mha_bytes(ct_volume()).replace(b"ElementSpacing = 1 1 2\n", b""))
+    return path
+
+
+def _corrupt_gzip_nrrd(where: Path) -> Path:
+    path = _nrrd("corrupt_gzip", ct_volume(), encoding="gzip")(where)
+    data = bytearray(path.read_bytes())
+    body = data.index(b"\n\n") + 2
+    for i in range(body + 40, len(data) - 8, 97):
+        data[i] ^= 0x5A
+    path.write_bytes(bytes(data))
+    return path
+
+
 def _bomb(where: Path) -> Path:
     """512 x 512 x 400 int16 of air, zlib: a few hundred KB that inflate to 200 MB, and to
     several GB of working memory (more than --max-memory-gb 2 allows)."""
@@ -662,6 +678,8 @@ def hand_made_files() -> list[CorpusCase]:
         _file_case("mha_slice_gap_400mm", REFUSE, _mha("gap", ct, spacing=(1.0, 1.0, 400.0))),
         _file_case("mha_no_air", REFUSE, _mha("no_air", no_air_volume())),
         _file_case("mha_rgb", REFUSE, _mha("rgb", rgb, channels=3)),
+        _file_case("mha_no_spacing", REFUSE, _no_spacing),
+        _file_case("nrrd_corrupt_gzip", REFUSE, _corrupt_gzip_nrrd),
         _file_case("mha_zlib_bomb_over_budget", REFUSE, _bomb, (*SKIN_ONLY, "--max-memory-gb", "2")),
         _file_case("nrrd_ct", MODEL, _nrrd("ct", ct)),
         _file_case("nrrd_ct_gzip", MODEL, _nrrd("ct", ct, encoding="gzip")),

@@ -19,8 +19,10 @@ from corpus import (
     RESCALE_SLOPE,
     SC_STORAGE,
     US_STORAGE,
+    _corrupt_gzip_nrrd,
     _corrupt_zlib,
     _edit_each,
+    _no_spacing,
     _nonuniform_spacing,
     _raw_ds,
     _relabel,
@@ -232,6 +234,14 @@ def test_metaimage_nan_offset_is_not_zero(tmp_path: Path) -> None:
     path = tmp_path / "o.mha"
     path.write_bytes(mha_bytes(ct_volume(), origin="nan 0 0"))
     _refused(path, r"Offset \(nan, 0\.0, 0\.0\): not finite; refusing to guess an origin")
+
+
+def test_metaimage_without_element_spacing_is_not_one_millimetre(tmp_path: Path) -> None:
+    _refused(_no_spacing(tmp_path), r"header has no ElementSpacing \(nor ElementSize\): the voxel size is unknown")
+
+
+def test_corrupt_gzip_nrrd_is_one_line(tmp_path: Path) -> None:
+    _refused(_corrupt_gzip_nrrd(tmp_path), r"not a readable nrrd image|pixel data could not be read")
 
 
 def test_metaimage_rgb_is_refused(tmp_path: Path) -> None:
