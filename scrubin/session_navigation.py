@@ -175,12 +175,12 @@ class SessionNavigation:
         self.audit.append(
             job.source, job.role, "navigation registered", request_seq=job.request_seq, **_audited(verdict)
         )
-        self._report(verdict)
-        if verdict.accepted and result is not None:
+        if verdict.accepted and result is not None:  # armed before anyone is told "accepted"
             how = f"navigation ({result.method}) from {job.reporter}"
             with self._lock:
                 self._start = _Start(result.T_sensor_model, job.world_of, job.T_world_points, how)
         self.last = NavigationOutcome(verdict, result, t0, time.monotonic_ns())
+        self._report(verdict)
         log.info("session %s: navigation from %s: %s", self.session, job.reporter, verdict.verdict)
 
     def _register(self, ident: int, job: NavigationJob) -> tuple[NavigationResult | None, RegistrationVerdict]:

@@ -170,6 +170,20 @@ class Theatre:
     def events(self, action: str) -> list[AuditEvent]:
         return [e for e in read_events(self.audit) if e.action == action]
 
+    def started_after(self, pose_seq: int, what: str) -> Any:
+        """Stream until a pose after ``pose_seq`` comes from a tracker restarted by a
+        navigation registration; that record (each accepting test waits for its own, so
+        no start is left pending for the next test)."""
+
+        def started() -> Any:
+            nav = [r for r in self.session.records() if r.event == "navigation" and r.pose_seq > pose_seq]
+            return nav and nav[0]
+
+        return self.stream_until(started, what)
+
+    def newest_pose(self) -> int:
+        return int(self.session.records()[-1].pose_seq)
+
     def verdict_for(self, seq: int) -> Any:
         v = self.headset.registration
         return v if v is not None and v.request_seq == seq and v.state == "done" else None
@@ -226,15 +240,13 @@ def _after(records: list[Any], seq: int) -> list[Any]:
 def test_headset_landmarks_and_trace_start_tracking_at_the_right_pose(theatre: Theatre) -> None:
     scene, session = theatre.scene, theatre.session
     assert session.status().status != "tracking"  # the far seed: nothing to show yet
-    trace = scene.traces["lines"]
+    trace, before = scene.traces["lines"], theatre.newest_pose()
     seq = theatre.headset.send_registration(trace, scene.landmarks(scene.T_world_model, seed=2))
-
-    def started() -> Any:
-        recs = session.records()
-        nav = [r for r in recs if r.event == "navigation"]
-        return nav and recs[-1].status == "tracking" and recs[-1].pose_seq > nav[0].pose_seq and nav[0]
-
-    first = theatre.stream_until(started, "tracking from the navigation registration")
+    first = theatre.started_after(before, "the tracker restarted from the navigation registration")
+    theatre.stream_until(
+        lambda: session.records()[-1].pose_seq > first.pose_seq and session.records()[-1].status == "tracking",
+        "tracking from there",
+    )
     # The tracker started at the registered pose, in the sensor frame of that depth frame,
     # and tracks there: both within 2 mm of the truth at the deep target.
     assert target_error_mm(first.T_sensor_model, scene.T_camera_model) < 2.0
@@ -307,6 +319,7 @@ def test_a_refused_trace_changes_nothing_and_its_verdict_is_reported(theatre: Th
 
 def test_trace_only_registers_markerless_while_the_poses_keep_flowing(theatre: Theatre) -> None:
     scene, session = theatre.scene, theatre.session
+    before = theatre.newest_pose()
     seq = theatre.headset.send_registration(scene.traces["lines, trace only"])
     verdict = theatre.stream_until(lambda: theatre.verdict_for(seq), "the trace-only verdict")
     outcome = session.navigation.last
@@ -316,21 +329,18 @@ def test_trace_only_registers_markerless_while_the_poses_keep_flowing(theatre: T
     # The registration ran beside the pose loop, not in it: poses left while it ran.
     during = [r for r in session.records() if outcome.t_started_ns < r.t_published_ns < outcome.t_finished_ns]
     assert during, (outcome.t_finished_ns - outcome.t_started_ns) / 1e6
+    first = theatre.started_after(before, "the tracker restarted from the trace-only registration")
+    assert target_error_mm(first.T_sensor_model, scene.T_camera_model) < 2.0
 
 
 def test_a_tracker_sends_in_the_headsets_world_and_tracking_starts_there(theatre: Theatre) -> None:
-    scene, session = theatre.scene, theatre.session
-    starts = len([r for r in session.records() if r.event == "navigation"])
+    scene = theatre.scene
     with _client(theatre.service, SESSION, theatre.tracker_key) as tracker:
         assert tracker.wait_for(lambda: tracker.clock.synced, 10.0)
         # A tracker calibrated to hl-a's world: the same points, sent by another key.
+        before = theatre.newest_pose()
         seq = tracker.send_registration(scene.traces["lines"], scene.landmarks(scene.T_world_model, 4), "hl-a")
-
-        def started() -> Any:
-            nav = [r for r in session.records() if r.event == "navigation"]
-            return len(nav) > starts and nav[-1]
-
-        first = theatre.stream_until(started, "the tracker's registration applied to hl-a's frames")
+        first = theatre.started_after(before, "the tracker's registration applied to hl-a's frames")
         assert target_error_mm(first.T_sensor_model, scene.T_camera_model) < 2.0
         verdict = theatre.stream_until(lambda: theatre.verdict_for(seq), "the verdict")
         assert verdict.accepted and verdict.source == "tracker-1"
@@ -373,11 +383,7 @@ def test_slicer_landmarks_and_trace_start_tracking_at_the_right_pose(
             )
             assert said.string.startswith("accepted (landmarks + trace)"), said.string
 
-            def started() -> Any:
-                nav = [r for r in session.records() if r.event == "navigation"]
-                return nav and nav[0]
-
-            first = theatre.stream_until(started, "the tracker started from Slicer's registration")
+            first = theatre.started_after(-1, "the tracker started from Slicer's registration")
             assert target_error_mm(first.T_sensor_model, scene.T_camera_model) < 2.0
             assert theatre.headset.wait_for(lambda: theatre.verdict_for(-1) is not None, 5.0)  # headsets told too
         finally:
