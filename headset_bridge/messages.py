@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -365,23 +365,9 @@ class RegistrationVerdict:
             object.__setattr__(self, name, float(value) if finite else None)
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "source": self.source,
-            "request_seq": self.request_seq,
-            "state": self.state,
-            "accepted": self.accepted,
-            "status": self.status,
-            "method": self.method,
-            "verdict": self.verdict,
-            "reasons": list(self.reasons),
-            "hint": self.hint,
-            "fre_mm": self.fre_mm,
-            "residual_mm": self.residual_mm,
-            "predicted_tre_mm": self.predicted_tre_mm,
-            "rejected": self.rejected,
-            "n_points": self.n_points,
-        }
+        out = asdict(self)
+        out["reasons"] = list(self.reasons)
+        return out
 
     @classmethod
     def from_json(cls, data: Any) -> RegistrationVerdict:
