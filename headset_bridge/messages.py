@@ -161,9 +161,7 @@ class Annotation:
 
     @classmethod
     def from_json(cls, data: Any) -> Annotation:
-        if not isinstance(data, dict):
-            msg = f"annotation must be a JSON object, got {data!r}"
-            raise ValueError(msg)
+        _json_object(data, "annotation")
         try:
             return cls(
                 id=data["id"],
@@ -180,6 +178,12 @@ class Annotation:
         except (KeyError, TypeError) as exc:
             msg = f"annotation is malformed ({exc!r}), got {data!r}"
             raise ValueError(msg) from exc
+
+
+def _json_object(data: Any, what: str) -> None:
+    if not isinstance(data, dict):
+        msg = f"{what} must be a JSON object, got {data!r:.200}"
+        raise ValueError(msg)
 
 
 def _int(value: Any, name: str) -> int:
@@ -211,9 +215,7 @@ class AnnotationOp:
 
     @classmethod
     def from_json(cls, data: Any) -> AnnotationOp:
-        if not isinstance(data, dict):
-            msg = f"annotation op must be a JSON object, got {data!r}"
-            raise ValueError(msg)
+        _json_object(data, "annotation op")
         op = data.get("op")
         if op not in ANNOTATION_OPS:
             msg = f"annotation op must be one of {ANNOTATION_OPS}, got {op!r}"
@@ -372,9 +374,7 @@ class RegistrationVerdict:
     @classmethod
     def from_json(cls, data: Any) -> RegistrationVerdict:
         """Parse a ``registration`` header object, or ValueError naming what is wrong."""
-        if not isinstance(data, dict):
-            msg = f"registration must be a JSON object, got {data!r:.200}"
-            raise ValueError(msg)
+        _json_object(data, "registration")
         try:
             reasons = data.get("reasons") or []
             if not isinstance(reasons, list):
