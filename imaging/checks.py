@@ -163,9 +163,12 @@ def check_ct_content(where: object, voxels: npt.NDArray[Any]) -> None:
 
 def check_uniform(where: object, values: Sequence[Sequence[float]], field: str, files: Sequence[str]) -> None:
     """One value of a per-slice field (pixel spacing, rescale) for every slice of a series."""
-    first = np.asarray(values[0], dtype=np.float64)
-    for value, name in zip(values, files, strict=True):
-        v = np.asarray(value, dtype=np.float64)
-        if v.shape != first.shape or not np.allclose(v, first, rtol=SLICE_SPACING_TOLERANCE, atol=0.0):
-            msg = f"{name}: {field} {_fmt(v)} differs from {_fmt(first)} in the rest of the series {where}"
-            raise InputError(msg)
+    try:
+        table = np.asarray(values, dtype=np.float64)
+    except ValueError:  # ragged: some slice has another number of values
+        table = np.full((len(values), 1), np.nan)
+    differs = ~np.all(np.isclose(table, table[:1], rtol=SLICE_SPACING_TOLERANCE, atol=0.0), axis=1)
+    if differs.any():
+        i = int(np.argmax(differs))
+        msg = f"{files[i]}: {field} {_fmt(np.ravel(values[i]))} differs from {_fmt(table[0])} of the first slice of {where}; refusing to guess one"
+        raise InputError(msg)

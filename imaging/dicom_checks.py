@@ -54,7 +54,11 @@ def check_series_content(folder: Path, entry: SeriesEntry, allowed_modalities: S
     """Refuse the series if any slice is not a usable CT slice; returns warnings for the manifest."""
     facts = series_facts(folder, entry)
     notes: set[str] = set()
-    for f in facts:
+    distinct = {
+        (f.modality, f.samples, f.photometric, f.pixel_problem, f.pixel_spacing, f.slope, f.intercept): f
+        for f in reversed(facts)
+    }
+    for f in sorted(distinct.values(), key=facts.index):  # the first slice of each kind, in order
         note = checks.check_modality(f.file, f.modality, allowed_modalities)
         if note:
             notes.add(note)
