@@ -187,9 +187,8 @@ class SessionNavigation:
         from registration import SurfaceTrace, register_trace
 
         model = self._model()
-        problem = job.problem or (None if model is not None else "no patient model loaded yet")
-        if problem is not None or model is None:
-            return None, _refused(ident, job, problem or "no patient model loaded yet")
+        if job.problem is not None or model is None:
+            return None, _refused(ident, job, job.problem or "no patient model loaded yet")
         try:
             result = register_trace(model, SurfaceTrace(job.points_mm), job.landmarks)
         except (ValueError, KeyError) as exc:  # landmarks the model does not have, or too few
