@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-import numba  # type: ignore[import-untyped]
+import numba
 import numpy as np
 from numba import njit, prange
 
@@ -48,7 +48,7 @@ class Surface:
     def __init__(self, grid: NearestGrid, vertices: F64, normals: F64, dtype: type = np.float64) -> None:
         self.grid = grid
         self.cell_mm = float(grid.cell_mm)
-        self.table = np.ascontiguousarray(np.hstack([vertices, normals]), dtype=dtype)  # (V, 6)
+        self.table: F64 = np.ascontiguousarray(np.hstack([vertices, normals]), dtype=dtype)  # (V, 6)
         self._dims = np.asarray(grid.dims, dtype=np.int64)
         self._offset = np.ascontiguousarray(grid.offset, dtype=np.float64)
 
@@ -97,7 +97,7 @@ def surface_distances(surface: Surface, P: F64) -> F64:
 
 
 # ------------------------------------------------------------------ compiled kernels
-@njit(cache=True, inline="always")  # type: ignore[misc]
+@njit(cache=True, inline="always")
 def _lookup(cells, dims, offset, inv_cell, x, y, z):  # type: ignore[no-untyped-def]
     i = min(max(int(x * inv_cell + offset[0]), 0), dims[0] - 1)
     j = min(max(int(y * inv_cell + offset[1]), 0), dims[1] - 1)
@@ -105,7 +105,7 @@ def _lookup(cells, dims, offset, inv_cell, x, y, z):  # type: ignore[no-untyped-
     return cells[(i * dims[1] + j) * dims[2] + k]
 
 
-@njit(cache=True, inline="always")  # type: ignore[misc]
+@njit(cache=True, inline="always")
 def _residual(table, idx, x, y, z):  # type: ignore[no-untyped-def]
     """Plane residual, squared tangential offset and the normal of vertex ``idx``."""
     dx, dy, dz = x - table[idx, 0], y - table[idx, 1], z - table[idx, 2]
@@ -114,13 +114,13 @@ def _residual(table, idx, x, y, z):  # type: ignore[no-untyped-def]
     return r, dx * dx + dy * dy + dz * dz - r * r, nx, ny, nz
 
 
-@njit(cache=True, inline="always")  # type: ignore[misc]
+@njit(cache=True, inline="always")
 def _distance2(r, tan2, cell_mm):  # type: ignore[no-untyped-def]
     excess = max(math.sqrt(max(tan2, 0.0)) - cell_mm, 0.0)
     return r * r + excess * excess
 
 
-@njit(cache=True, parallel=True)  # type: ignore[misc]
+@njit(cache=True, parallel=True)
 def _costs(cells, dims, offset, cell_mm, table, Q, R, t, trunc, out):  # type: ignore[no-untyped-def]
     inv = 1.0 / cell_mm
     t2 = trunc * trunc
@@ -140,7 +140,7 @@ def _costs(cells, dims, offset, cell_mm, table, Q, R, t, trunc, out):  # type: i
         out[k] = acc / Q.shape[0]
 
 
-@njit(cache=True, parallel=True)  # type: ignore[misc]
+@njit(cache=True, parallel=True)
 def _distances(cells, dims, offset, cell_mm, table, P, out):  # type: ignore[no-untyped-def]
     inv = 1.0 / cell_mm
     for i in prange(P.shape[0]):
@@ -152,7 +152,7 @@ def _distances(cells, dims, offset, cell_mm, table, P, out):  # type: ignore[no-
             out[i] = math.sqrt(_distance2(r, tan2, cell_mm))
 
 
-@njit(cache=True, parallel=True)  # type: ignore[misc]
+@njit(cache=True, parallel=True)
 def _gauss_newton(cells, dims, offset, cell_mm, table, Q, R, t, gates):  # type: ignore[no-untyped-def]
     inv = 1.0 / cell_mm
     n = R.shape[0]
@@ -173,7 +173,7 @@ def _gauss_newton(cells, dims, offset, cell_mm, table, Q, R, t, gates):  # type:
                 _apply_step(R, t, k, b, Rk)
 
 
-@njit(cache=True, inline="always")  # type: ignore[misc]
+@njit(cache=True, inline="always")
 def _normal_equations(cells, dims, offset, inv, cell_mm, table, Q, R, t, k, gate, H, b):  # type: ignore[no-untyped-def]
     """Tukey-weighted point-to-plane normal equations of pose ``k`` into ``H`` (lower
     triangle) and ``b``; returns the number of points that carried weight. The 27 sums
@@ -241,7 +241,7 @@ def _normal_equations(cells, dims, offset, inv, cell_mm, table, Q, R, t, k, gate
     return used
 
 
-@njit(cache=True, inline="always")  # type: ignore[misc]
+@njit(cache=True, inline="always")
 def _solve_step(H, b, L, y):  # type: ignore[no-untyped-def]
     """Solve the (lower-triangle filled) damped system H xi = -b in place into ``b`` by
     Cholesky (scratch ``L``, ``y``); False when it is not positive definite."""
@@ -273,7 +273,7 @@ def _solve_step(H, b, L, y):  # type: ignore[no-untyped-def]
     return True
 
 
-@njit(cache=True, inline="always")  # type: ignore[misc]
+@njit(cache=True, inline="always")
 def _apply_step(R, t, k, xi, Rk):  # type: ignore[no-untyped-def]
     """R[k] <- exp(omega) R[k], t[k] <- t[k] + v, the rotation capped at MAX_STEP_RAD
     (``Rk``: scratch)."""

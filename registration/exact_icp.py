@@ -54,7 +54,7 @@ def exact_point_to_plane(
         w = np.square(np.maximum(1.0 - np.square(r[near] / (TUKEY_C * sigma)), 0.0))
         info, b = _normal_equations(P[near] - c, n[near], r[near], w)
         try:
-            xi = -np.linalg.solve(info + 1e-9 * np.eye(6), b)
+            xi = np.negative(np.linalg.solve(info + 1e-9 * np.eye(6), b), dtype=np.float64)
         except np.linalg.LinAlgError:
             break
         accepted = False
@@ -79,7 +79,7 @@ def _closest(model: SurfaceModel, T: F64, points_sensor: F64) -> tuple[F64, F64,
     import open3d as o3d
 
     P = transform_points(T, points_sensor)
-    hit = model.raycasting_scene.compute_closest_points(o3d.core.Tensor(P.astype(np.float32)))
+    hit = model.raycasting_scene.compute_closest_points(o3d.core.Tensor.from_numpy(P.astype(np.float32)))
     return P, hit["points"].numpy().astype(np.float64), hit["primitive_normals"].numpy().astype(np.float64)
 
 

@@ -105,7 +105,7 @@ def initial_alignment(
     t0 = time.perf_counter()
     if isinstance(points_mm, SurfaceTrace):
         return register_trace(model, points_mm, landmarks, cfg.navigation).estimate()
-    pts = points_mm.points_mm if isinstance(points_mm, CameraPoints) else _clean(points_mm)
+    pts = (points_mm if isinstance(points_mm, CameraPoints) else CameraPoints(points_mm)).points_mm
     if landmarks is not None and len(pts) == 0:
         return paired_point(model, landmarks, cfg, t0)
     dense = len(pts) >= cfg.dense_min_points
@@ -406,17 +406,6 @@ def _axis_angle(axes: F64, theta: float) -> F64:
     K[:, 0, 1], K[:, 0, 2], K[:, 1, 2] = -axes[:, 2], axes[:, 1], -axes[:, 0]
     K[:, 1, 0], K[:, 2, 0], K[:, 2, 1] = axes[:, 2], -axes[:, 1], axes[:, 0]
     out: F64 = np.eye(3) + np.sin(theta) * K + (1.0 - np.cos(theta)) * (K @ K)
-    return out
-
-
-def _clean(points_mm: object) -> F64:
-    P = np.asarray(points_mm, dtype=np.float64)
-    if P.size == 0:
-        return np.zeros((0, 3))
-    if P.ndim != 2 or P.shape[1] != 3:
-        msg = f"points_mm must be (N, 3), got shape {P.shape}"
-        raise ValueError(msg)
-    out: F64 = P[np.all(np.isfinite(P), axis=1) & np.any(P != 0.0, axis=1)]
     return out
 
 

@@ -177,7 +177,7 @@ class SurfaceModel:
 
         if len(points_model) == 0:
             return np.zeros(0)
-        q = o3d.core.Tensor(np.ascontiguousarray(points_model, dtype=np.float32))
+        q = o3d.core.Tensor.from_numpy(np.ascontiguousarray(points_model, dtype=np.float32))
         return np.asarray(self.raycasting_scene.compute_distance(q).numpy(), dtype=np.float64)
 
     def nearest(self, points_model: F64) -> tuple[F64, NDArray[np.int64]]:

@@ -42,7 +42,7 @@ class RefineConfig:
     search_points: int = 48
     gates_mm: tuple[float, ...] = (12.0, 8.0, 6.0, 4.0, 3.0, 3.0)
     trunc_mm: float = 2.5
-    final_points: int = 3000
+    final_points: int = 20000  # the final ICP uses every point of a trace up to this many
     final_gate_mm: float = 6.0  # the full ICP's gate shrinks from this ...
     final_min_gate_mm: float = 2.0  # ... to this
     final_iterations: int = 20  # grid ICP: close to the optimum, quickly ...
@@ -124,9 +124,7 @@ def refine(
     )
 
 
-def _local_search(
-    model: SurfaceModel, points: F64, T_start: F64, cfg: RefineConfig
-) -> tuple[F64, F64 | None, float]:
+def _local_search(model: SurfaceModel, points: F64, T_start: F64, cfg: RefineConfig) -> tuple[F64, F64 | None, float]:
     """The best start of the ball around ``T_start`` after a few robust steps, and the
     best start ending ``distinct_mm`` away from it (with its cost ratio)."""
     c = points.mean(axis=0)

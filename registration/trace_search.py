@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-from numba import njit  # type: ignore[import-untyped]
+from numba import njit
 from numpy.typing import NDArray
 
 from registration.ambiguity import fair_cost_ratio
@@ -119,7 +119,7 @@ def spread_order(Q: F64, k: int) -> NDArray[np.int64]:
     return out
 
 
-@njit(cache=True)  # type: ignore[misc]
+@njit(cache=True)
 def _farthest_point_order(xy, k):  # type: ignore[no-untyped-def]
     n = xy.shape[0]
     order = np.empty(k, dtype=np.int64)
@@ -180,7 +180,9 @@ def search(model: SurfaceModel, points_sensor: F64, config: SearchConfig | None 
     )
     shift = 0.0 if rival is None else _shift(best, rival, model.reference_points())
     ms = (time.perf_counter() - t0) * 1e3
-    log.info("trace search: %d points, best cost %.2f, rival ratio %.2f, %.0f ms", len(points_sensor), best.cost, ratio, ms)
+    log.info(
+        "trace search: %d points, best cost %.2f, rival ratio %.2f, %.0f ms", len(points_sensor), best.cost, ratio, ms
+    )
     return SearchResult(best, rival, ratio, shift, None, ms, cfg.rotations * cfg.seeds, tuple(basins))
 
 

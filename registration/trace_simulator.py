@@ -64,7 +64,7 @@ def face_hits(model: SurfaceModel, xz: F64) -> F64:
     rays = np.zeros((len(xz), 6), dtype=np.float32)
     rays[:, 0], rays[:, 1], rays[:, 2] = xz[:, 0], y0, xz[:, 1]
     rays[:, 4] = 1.0
-    t = model.raycasting_scene.cast_rays(o3d.core.Tensor(rays))["t_hit"].numpy().astype(np.float64)
+    t = model.raycasting_scene.cast_rays(o3d.core.Tensor.from_numpy(rays))["t_hit"].numpy().astype(np.float64)
     ok = np.isfinite(t)
     out = np.stack([xz[ok, 0], y0 + t[ok], xz[ok, 1]], axis=1)
     return out
