@@ -11,7 +11,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 # Packages and modules held to mypy --strict (pyproject's [tool.mypy] settings).
 STRICT = ["imaging", "scrubin", "mentor", "headset_bridge", "registration"]
-LINTED = ["imaging", "scrubin", "tests", "bench"]
+LINTED = ["imaging", "scrubin", "registration", "headset_bridge", "mentor", "slicer_link", "tests", "bench"]
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
