@@ -30,9 +30,9 @@ from test_serve import _client, _settings
 from headset_bridge.client import HeadsetClient
 from headset_bridge.keys import write_keypair
 from registration import SurfaceModel
-from registration.frames import F64, se3_exp, transform_points
+from registration.frames import F64, se3_exp
 from registration.simulator import HeadsetSimulator, NoiseModel
-from registration.trace_simulator import face_hits, nose_tip, simulate_trace
+from registration.trace_simulator import face_landmarks, simulate_trace, touched_landmarks
 from scrubin.audit import AuditEvent, audit_path, read_events
 from scrubin.service import Service
 from scrubin.session import TheatreSession
@@ -58,32 +58,9 @@ class Scene:
         return self.T_world_camera @ self.T_camera_model
 
     def landmarks(self, T_frame_model: F64, seed: int) -> dict[str, tuple[float, float, float]]:
-        """The model's landmarks as a surgeon touches them: 5-10 mm off in a random
-        direction, in the frame ``T_frame_model`` maps the model into."""
-        rng = np.random.default_rng(seed)
-        out = {}
-        for name, p in model_landmarks(self.model).items():
-            d = rng.normal(size=3)
-            touched = transform_points(T_frame_model, (p + d * rng.uniform(5.0, 10.0) / np.linalg.norm(d))[None])[0]
-            out[name] = (float(touched[0]), float(touched[1]), float(touched[2]))
-        return out
-
-
-# Where the imaging team marks the test head: (x, z) mm from the nose tip, seen from the front.
-LANDMARK_OFFSETS_MM = {
-    "nose_tip": (0.0, 0.0),
-    "nasion": (0.0, 45.0),
-    "canthus_r": (-45.0, 30.0),
-    "canthus_l": (45.0, 30.0),
-}
-
-
-def model_landmarks(model: SurfaceModel) -> dict[str, F64]:
-    """The skin points behind :data:`LANDMARK_OFFSETS_MM` (model mm)."""
-    tip = nose_tip(model)
-    hits = face_hits(model, np.array([(tip[0] + dx, tip[2] + dz) for dx, dz in LANDMARK_OFFSETS_MM.values()]))
-    assert len(hits) == len(LANDMARK_OFFSETS_MM), "every landmark ray meets the face"
-    return dict(zip(LANDMARK_OFFSETS_MM, hits, strict=True))
+        """The model's face landmarks touched with 5-10 mm error, in the frame T maps into."""
+        touched = touched_landmarks(face_landmarks(self.model), T_frame_model, (5.0, 10.0), seed)
+        return {name: (float(p[0]), float(p[1]), float(p[2])) for name, p in touched.items()}
 
 
 def _traces(model: SurfaceModel, T_world_model: F64, T_camera_model: F64) -> dict[str, F64]:
@@ -121,7 +98,7 @@ def head_folder(tmp_path_factory: pytest.TempPathFactory, scene: Scene) -> Path:
     )
     o3d.io.write_triangle_mesh(str(folder / "meshes" / "skin.ply"), mesh)
     (folder / "model.glb").write_bytes(b"glTF-not-really")  # the bridge only hashes and chunks it
-    fiducials = [{"name": n, "position_mm": p.tolist()} for n, p in model_landmarks(scene.model).items()]
+    fiducials = [{"name": n, "position_mm": p.tolist()} for n, p in face_landmarks(scene.model).items()]
     manifest = {
         "schema_version": 1,
         "units": "mm",
@@ -264,7 +241,7 @@ def test_headset_landmarks_and_trace_start_tracking_at_the_right_pose(theatre: T
 
     (requested,) = [e for e in theatre.events("navigation requested") if e.detail["request_seq"] == seq]
     assert (requested.actor, requested.role, requested.detail["n_points"]) == ("hl-a", "headset", len(trace))
-    assert sorted(requested.detail["landmarks"]) == sorted(model_landmarks(scene.model))
+    assert sorted(requested.detail["landmarks"]) == sorted(face_landmarks(scene.model))
     (registered,) = [e for e in theatre.events("navigation registered") if e.detail["request_seq"] == seq]
     detail = registered.detail
     assert (detail["method"], detail["status"], detail["accepted"]) == ("landmarks + trace", "tracking", True)
