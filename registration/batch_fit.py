@@ -120,7 +120,7 @@ def _distance2(r, tan2, cell_mm):  # type: ignore[no-untyped-def]
     return r * r + excess * excess
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def _costs(cells, dims, offset, cell_mm, table, Q, R, t, trunc, out):  # type: ignore[no-untyped-def]
     inv = 1.0 / cell_mm
     t2 = trunc * trunc
@@ -140,7 +140,7 @@ def _costs(cells, dims, offset, cell_mm, table, Q, R, t, trunc, out):  # type: i
         out[k] = acc / Q.shape[0]
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def _distances(cells, dims, offset, cell_mm, table, P, out):  # type: ignore[no-untyped-def]
     inv = 1.0 / cell_mm
     for i in prange(P.shape[0]):
@@ -152,7 +152,7 @@ def _distances(cells, dims, offset, cell_mm, table, P, out):  # type: ignore[no-
             out[i] = math.sqrt(_distance2(r, tan2, cell_mm))
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def _gauss_newton(cells, dims, offset, cell_mm, table, Q, R, t, gates):  # type: ignore[no-untyped-def]
     inv = 1.0 / cell_mm
     n = R.shape[0]

@@ -119,7 +119,7 @@ def spread_order(Q: F64, k: int) -> NDArray[np.int64]:
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _farthest_point_order(xy, k):  # type: ignore[no-untyped-def]
     n = xy.shape[0]
     order = np.empty(k, dtype=np.int64)
