@@ -96,6 +96,26 @@ def surface_distances(surface: Surface, P: F64) -> F64:
     return out
 
 
+def warm_up() -> None:
+    """Compile (or load from Numba's on-disk cache) every kernel for both table precisions.
+
+    The first compile takes tens of seconds; it happens once per installation (the cache
+    lives beside the module), and ``scripts/install.sh`` and
+    :meth:`SurfaceModel.prepare_alignment` call this so that no registration in theatre
+    waits for it."""
+    from registration.trace_search import spread_order
+
+    grid = NearestGrid(4.0, 8.0, np.zeros(27, dtype=np.int32), (3, 3, 3), np.zeros(3))
+    Q = np.eye(3) * 2.0
+    for dtype in (np.float32, np.float64):
+        surface = Surface(grid, np.zeros((1, 3)), np.array([[0.0, 0.0, 1.0]]), dtype)
+        R, t = np.eye(3)[None], np.zeros((1, 3))
+        gauss_newton(surface, R, t, Q, (1.0,))
+        truncated_costs(surface, R, t, Q, 1.0)
+        surface_distances(surface, Q)
+    spread_order(Q, 2)
+
+
 # ------------------------------------------------------------------ compiled kernels
 @njit(cache=True, inline="always")
 def _lookup(cells, dims, offset, inv_cell, x, y, z):  # type: ignore[no-untyped-def]

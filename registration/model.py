@@ -246,9 +246,12 @@ class SurfaceModel:
         """Fill the caches markerless initial alignment reads (FPFH sample at
         ``voxel_mm``, sweep anchors at ``spacing_mm``), so the first alignment does not
         pay for them and the model is not written to while shared. Returns self."""
+        from registration.batch_fit import warm_up
+
         self.surface_sample(voxel_mm)
         self.fit_surface(wide=True)
         self.fit_surface(wide=False)
+        warm_up()
         self.anchors(spacing_mm)
         self.anchors(spacing_mm / 2.0)
         return self

@@ -38,4 +38,7 @@ echo "scrubin install: Python packages ($spec)"
 # pip warns once per package about find-links folders this machine does not have; hide only those lines.
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e "$spec" 2> >(grep -v "^WARNING: Location .* is ignored" >&2)
 .venv/bin/python -c "import open3d, SimpleITK, vtk, zmq, aiortc, aiohttp, pyigtl"
+# Compile the registration kernels once (Numba caches them beside the module): the first
+# compile takes tens of seconds, which must never be spent in theatre.
+.venv/bin/python -c "from registration.batch_fit import warm_up; warm_up()"
 echo "scrubin install: done (.venv/bin/scrubin)"
