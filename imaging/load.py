@@ -211,7 +211,7 @@ def check_header(path: Path, header: FileHeader, budget_bytes: int) -> None:
     # that can mirror left and right, so it is refused here, where the header still says it.
     sp, org = header.spacing, header.origin
     geometry = Geometry((size[0], size[1], size[2]), (sp[0], sp[1], sp[2]), (org[0], org[1], org[2]), header.direction)
-    check_geometry(path, geometry)
+    checks.check_geometry(path, geometry)
 
 
 def volume_from_image(image: object, path: Path, source: SourceInfo) -> Volume:
@@ -225,18 +225,13 @@ def volume_from_image(image: object, path: Path, source: SourceInfo) -> Volume:
         origin=tuple(float(s) for s in image.GetOrigin()),  # type: ignore[arg-type]
         direction=tuple(float(d) for d in image.GetDirection()),
     )
-    check_geometry(path, geometry)
     return volume_from_array(sitk.GetArrayFromImage(image), geometry, path, source)
 
 
 def volume_from_array(voxels: np.ndarray, geometry: Geometry, path: Path, source: SourceInfo) -> Volume:
-    check_geometry(path, geometry)
-    check_voxels(path, voxels)
+    checks.check_geometry(path, geometry)
+    checks.check_finite_voxels(path, voxels)
     return Volume(voxels=voxels, geometry=geometry, source=source)
-
-
-check_geometry = checks.check_geometry
-check_voxels = checks.check_finite_voxels
 
 
 def itk_reason(exc: RuntimeError) -> str:
