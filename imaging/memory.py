@@ -135,6 +135,7 @@ def _child(fn: Callable[[dict[str, Callable[..., None]]], object], calls: Calls,
         except ImagingError as exc:
             send(("raise", exc))
         except BaseException as exc:  # any other failure is the caller's to report, as is
+            exc.add_note("in the prepare child process:\n" + "".join(traceback.format_tb(exc.__traceback__))[-4000:])
             send(("raise", _picklable(exc)))
     except BaseException:
         code = 70  # could not report: the parent says so
