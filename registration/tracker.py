@@ -8,7 +8,6 @@ import time
 from dataclasses import dataclass, field, replace
 
 import numpy as np
-from numpy.typing import NDArray
 
 from registration.confidence import (
     ConfidenceConfig,
@@ -17,7 +16,16 @@ from registration.confidence import (
     failures,
     see_through_fraction,
 )
-from registration.depth import DepthFrame, depth_to_points
+from registration.dense_fit import (
+    Gathered,
+    dense_surface,
+    fit_pose,
+    gather_depth,
+    gather_points,
+    inlier_stats,
+    rms_radius,
+)
+from registration.depth import DepthFrame
 from registration.estimate import Estimate, Status, lost, predicted_tre
 from registration.frame_kinds import CameraPoints, SurfaceTrace
 from registration.frames import (
@@ -29,29 +37,27 @@ from registration.frames import (
     se3_log,
     transform_points,
 )
-from registration.icp import (
-    IcpResult,
-    covariance_about_origin,
-    normalised_condition,
-    point_to_plane,
-)
+from registration.icp import IcpResult, covariance_about_origin, normalised_condition
 from registration.model import SurfaceModel
+from registration.motion import Persistence
 from registration.navigation import NavigationConfig, register_trace
 from registration.thinning import every_kth
 from registration.turns import TurnedRival, best_turned_rival
 
 log = logging.getLogger(__name__)
 
+MIN_HOLDOUT_EVERY = 5  # at most every 5th near point is held out of the fit
+
 
 @dataclass(frozen=True)
 class TrackerConfig:
-    stride: int = 2  # every 2nd row and column inside the predicted model box
-    max_points: int = 500  # points used in the fit
-    candidate_margin: float = 1.5  # pixels converted per frame: this x (fit + holdout) / near share
+    stride: int = 1  # every pixel inside the predicted model box: the fit's noise falls as 1/sqrt(points)
+    max_points: int = 8000  # points used in the fit (an evenly spread subset beyond this)
+    candidate_margin: float = 1.5  # point frames: this x (fit + holdout) / near share are gated
     holdout_points: int = 200  # points kept back to check the fit
     gate_mm: float = 10.0  # initial correspondence gate around the predicted pose
     tracking_gate_mm: float = 6.0  # tighter while tracking: the motion model is good
-    tol_mm: float = 0.1  # stop when the step moves points by less than this (well below the noise-limited TRE)
+    tol_mm: float = 0.02  # stop when the step moves points by less than this (well below the noise-limited TRE)
     inlier_mm: float = 3.0  # fitness / rmse inlier distance
     iterations: int = 10
     roi_margin_px: int = 16
@@ -89,10 +95,13 @@ class Tracker:
         T = start.T_sensor_model if isinstance(start, Estimate) else start
         self._T = as_transform(T, "start T_sensor_model")
         self._velocity = np.zeros(6)  # se(3) per second, left increment in sensor frame
+        self._persistence = Persistence()  # how much of it carries into the next frame
         self._last_ts: int | None = None
         self._machine = StatusMachine(self.config.confidence)
         self._rng = np.random.default_rng(self.config.seed)
-        self._near_share = 0.02  # unknown before the first frame: convert every pixel
+        self._near_share = 0.02  # unknown before the first frame: gate every point
+        self._n_near = 0  # points near the model in the last frame
+        self._surface = dense_surface(model)
         self._tre_points = model.reference_points()
         lo, hi = model.bounds
         self._corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
@@ -108,12 +117,12 @@ class Tracker:
         try:
             timestamp_ns = int(timestamp_ns)
             T_pred = self._predict(timestamp_ns)
-            points = self._points(frame, T_pred)
+            got = self._points(frame, T_pred)
         except (ValueError, TypeError, AttributeError) as exc:
             log.warning("unusable frame at %s: %s", timestamp_ns, exc)
             return self._lost(t0, f"unusable frame: {exc}", None)
         try:
-            return self._track(points, T_pred, timestamp_ns, t0)
+            return self._track(got, T_pred, timestamp_ns, t0)
         except Exception as exc:  # noqa: BLE001 - the guidance loop must never die on a frame
             log.exception("tracking failed at %d", timestamp_ns)
             return self._lost(t0, f"internal error: {exc!r}", timestamp_ns)
@@ -134,21 +143,37 @@ class Tracker:
         self._last_ts = ts
         return replace(result.estimate(), elapsed_ms=(time.perf_counter() - t0) * 1e3, timestamp_ns=ts)
 
-    def _points(self, frame: Frame, T_pred: F64) -> F64:
+    def _points(self, frame: Frame, T_pred: F64) -> Gathered:
+        """The frame's points near the model at the predicted pose (sensor mm), split into
+        fit and holdout sets, and a sample of all its points for the free-space check. A
+        depth image is read whole inside the predicted model box; a point cloud is
+        thinned first to what the fit and holdout sets can use."""
+        # Every k-th near point is held out, k from the last frame's count so that about
+        # holdout_points are (at most a fifth), from a random first one.
+        every = max(MIN_HOLDOUT_EVERY, self._n_near // max(self.config.holdout_points, 1))
+        holdout = (every, int(self._rng.integers(every)))
+        T_model_sensor = invert(T_pred)
         if isinstance(frame, DepthFrame):
-            return depth_to_points(frame, self.config.stride, self._roi(frame, T_pred), self._candidates())
+            stride = self.config.stride
+            if stride < 1:
+                msg = f"stride must be >= 1, got {stride}"
+                raise ValueError(msg)
+            return gather_depth(frame, self._surface, T_model_sensor, stride, self._roi(frame, T_pred), holdout)
         if isinstance(frame, CameraPoints):
-            return every_kth(frame.points_mm, self._candidates())
-        pts = np.asarray(frame, dtype=np.float64)
-        if pts.ndim != 2 or pts.shape[1] != 3:
-            msg = f"points must be (N, 3) mm, got shape {pts.shape}"
-            raise ValueError(msg)
-        keep: F64 = pts[np.all(np.isfinite(pts), axis=1) & np.any(pts != 0.0, axis=1)]
-        return every_kth(keep, self._candidates())
+            pts = every_kth(frame.points_mm, self._candidates())
+        else:
+            pts = np.asarray(frame, dtype=np.float64)
+            if pts.ndim != 2 or pts.shape[1] != 3:
+                msg = f"points must be (N, 3) mm, got shape {pts.shape}"
+                raise ValueError(msg)
+            pts = every_kth(pts[np.all(np.isfinite(pts), axis=1) & np.any(pts != 0.0, axis=1)], self._candidates())
+        got = gather_points(pts, self._surface, T_model_sensor, holdout)
+        self._near_share = got.n_near / max(len(pts), 1)
+        return got
 
     def _candidates(self) -> int:
-        """How many points to convert and gate: enough that, at the share of points near
-        the model seen in the last frame, the fit and holdout sets stay full."""
+        """How many points of a point cloud to gate: enough that, at the share of points
+        near the model seen in the last frame, the fit and holdout sets stay full."""
         cfg = self.config
         return int(cfg.candidate_margin * (cfg.max_points + cfg.holdout_points) / max(self._near_share, 0.02))
 
@@ -158,7 +183,7 @@ class Tracker:
         dt = (ts - self._last_ts) * 1e-9
         if not 0.0 < dt <= self.config.max_velocity_gap_s:
             return self._T
-        return se3_exp(self._velocity * dt) @ self._T
+        return se3_exp(self._persistence.coefficient * self._velocity * dt) @ self._T
 
     def _roi(self, frame: DepthFrame, T_pred: F64) -> tuple[int, int, int, int] | None:
         """Pixel box of the model's bounding box at the predicted pose plus a margin."""
@@ -171,44 +196,36 @@ class Tracker:
         m = self.config.roi_margin_px
         return (int(u.min()) - m, int(v.min()) - m, int(u.max()) + m + 1, int(v.max()) + m + 1)
 
-    def _track(self, points: F64, T_pred: F64, ts: int, t0: float) -> Estimate:
+    def _track(self, got: Gathered, T_pred: F64, ts: int, t0: float) -> Estimate:
+        """Fit the points near the model at the predicted pose (clutter far away costs
+        nothing more) and judge the fit."""
         cfg = self.config
-        T_model_sensor = invert(T_pred)
-        # Keep only points near the model at the predicted pose: clutter far away costs
-        # nothing more, and the random split below then is all near-surface points.
-        near = self.model.lookup(transform_points(T_model_sensor, points)) >= 0
-        cand = points[near]
-        self._near_share = len(cand) / max(len(points), 1)
-        if len(cand) < cfg.confidence.min_correspondences:
-            return self._lost(t0, f"too few points near the model ({len(cand)})", ts)
-        order = self._rng.permutation(len(cand))
-        n_hold = min(cfg.holdout_points, len(cand) // 5)
-        hold = cand[order[:n_hold]]
-        fit = cand[order[n_hold : n_hold + cfg.max_points]]
-        res = point_to_plane(
-            self.model,
+        self._n_near = got.n_near
+        if got.n_near < cfg.confidence.min_correspondences:
+            return self._lost(t0, f"too few points near the model ({got.n_near})", ts)
+        fit, hold = _spread(got.fit, cfg.max_points), got.hold
+        res = fit_pose(
+            self._surface,
             fit,
-            T_model_sensor,
+            invert(T_pred),
             max_corr_mm=cfg.tracking_gate_mm if self.status is Status.TRACKING else cfg.gate_mm,
-            tol_mm=cfg.tol_mm,
             min_corr_mm=cfg.inlier_mm,
             iterations=cfg.iterations,
+            tol_mm=cfg.tol_mm,
         )
         if res.n_correspondences < cfg.confidence.min_correspondences:
             return self._lost(t0, f"too few correspondences ({res.n_correspondences})", ts)
-        probe = points[self._rng.integers(0, len(points), cfg.free_space_rays)]
+        probe = got.probe[self._rng.integers(0, len(got.probe), cfg.free_space_rays)]
         return self._finish(res, T_pred, probe, fit, hold, ts, t0)
 
     def _finish(self, res: IcpResult, T_pred: F64, probe: F64, fit: F64, hold: F64, ts: int, t0: float) -> Estimate:
         cfg = self.config
         see = see_through_fraction(self.model, res.T_model_sensor, probe, cfg.see_through_margin_mm)
         T_new = invert(res.T_model_sensor)
-        (fitness, rmse, n_in), (h_fit, h_rmse, _) = _inlier_stats(
-            self.model, res.T_model_sensor, fit, hold, cfg.inlier_mm
-        )
+        fitness, rmse, n_in = inlier_stats(self._surface, res.T_model_sensor, fit, cfg.inlier_mm)
+        h_fit, h_rmse, _ = inlier_stats(self._surface, res.T_model_sensor, hold, cfg.inlier_mm)
         cov = covariance_about_origin(res.information, res.pivot, max(res.sigma_mm, rmse))
-        length = float(np.sqrt(np.sum(np.var(fit, axis=0))))  # RMS distance from the centroid
-        cond = normalised_condition(res.information, max(length, 1.0))
+        cond = normalised_condition(res.information, max(rms_radius(fit), 1.0))
         tre = float(np.max(predicted_tre(cov, self._tre_points)))
         jump_mm, jump_deg = _jump(T_pred, T_new, self._tre_points)
         q = FrameQuality(n_in, fitness, rmse, cond, tre, jump_mm, jump_deg, h_fit, h_rmse, see)
@@ -221,7 +238,10 @@ class Tracker:
         if (not problems and self._machine.locks_on_next_good()) or stuck:
             rival = self._rival(fit, res.T_model_sensor)
             if rival is not None:  # a turned pose fits as well: no lock; a better one is tried next
-                problems = (*problems, f"ambiguous: the model turned about a patient axis fits as well ({rival.ratio:.2f}x)")
+                problems = (
+                    *problems,
+                    f"ambiguous: the model turned about a patient axis fits as well ({rival.ratio:.2f}x)",
+                )
                 if rival.ratio < 1.0:
                     T_new = invert(rival.T_model_sensor)
         status = self._machine.step(True, problems)
@@ -257,11 +277,14 @@ class Tracker:
         return rival if rival is not None and rival.ratio < cfg.confidence.ambiguity_ratio else None
 
     def _advance(self, T_new: F64, ts: int, *, good: bool) -> None:
-        """Update the motion model; only good frames feed the velocity estimate."""
+        """Update the motion model (registration/motion.py); only good frames feed the
+        velocity and its persistence."""
         if good and self._last_ts is not None:
             dt = (ts - self._last_ts) * 1e-9
             if 0.0 < dt <= self.config.max_velocity_gap_s:
-                self._velocity = se3_log(T_new @ invert(self._T)) / dt
+                velocity = se3_log(T_new @ invert(self._T)) / dt
+                self._persistence.observe(velocity, self._velocity)
+                self._velocity = velocity
             else:
                 self._velocity = np.zeros(6)
         elif not good:
@@ -277,28 +300,15 @@ class Tracker:
         return lost((time.perf_counter() - t0) * 1e3, reason, self._T, ts)
 
 
-def _inlier_stats(
-    model: SurfaceModel, T_model_sensor: F64, fit: F64, hold: F64, inlier_mm: float
-) -> tuple[tuple[float, float, int], tuple[float, float, int]]:
-    """Fitness (inlier share of near-surface points), inlier RMSE and inlier count of the
-    fitted and the held-back points, in one pass over both."""
-    P = transform_points(T_model_sensor, np.concatenate([fit, hold]))
-    idx = model.lookup(P)
-    ok = idx >= 0
-    j = np.where(ok, idx, 0)  # off-band points gather vertex 0 and are masked out below
-    diff = P - model.vertices[j]
-    d = np.abs(np.einsum("ij,ij->i", diff, model.normals[j]))
-    full2 = np.einsum("ij,ij->i", diff, diff)
-    inl = ok & (d < inlier_mm) & (full2 < (inlier_mm + model.grid_mm) ** 2)
-    return _share(d[: len(fit)], inl[: len(fit)]), _share(d[len(fit) :], inl[len(fit) :])
-
-
-def _share(d: F64, inl: NDArray[np.bool_]) -> tuple[float, float, int]:
-    if len(d) == 0:
-        return 0.0, float("inf"), 0
-    n_in = int(inl.sum())
-    rmse = float(np.sqrt(np.mean(np.square(d[inl])))) if n_in else float("inf")
-    return n_in / len(d), rmse, n_in
+def _spread(points: F64, max_points: int) -> F64:
+    """At most ``max_points`` of ``points``, evenly spaced in their order (a depth image's
+    raster order spreads them over the view); unlike every k-th, it keeps the number
+    asked for (every 2nd of 6,100 would leave 3,050)."""
+    n = len(points)
+    if n <= max_points:
+        return points
+    out: F64 = points[(np.arange(max_points) * n) // max_points]
+    return out
 
 
 def _jump(T_pred: F64, T_new: F64, refs: F64) -> tuple[float, float]:

@@ -1,0 +1,499 @@
+"""The tracker's per-frame solve: one pose, every depth pixel on the model, in one pass.
+
+A fitted pose's noise falls with the square root of the number of points, so the tracker
+uses every pixel near the model (thousands) rather than a sample of a few hundred. In
+numpy each of those steps would allocate N x 6 temporaries and cost more than the whole
+latency budget; compiled with Numba (the engine of registration/batch_fit.py, which
+does the same for many poses of a few points) a point costs nanoseconds per iteration:
+
+* :func:`gather_depth` back-projects the depth pixels of a region of interest, drops
+  isolated returns (flying pixels, multipath speckle: a pixel whose depth agrees with
+  fewer than :data:`MIN_AGREEING_NEIGHBOURS` of its four neighbours), keeps the points
+  in the model's band at the predicted pose and splits off a holdout set, in one pass;
+* :func:`fit_pose` is Tukey-weighted point-to-plane Gauss-Newton on the model's
+  nearest-vertex grid (as registration/icp.py, same scale, gates and convergence test),
+  the robust scale (1.4826 MAD) estimated on every :data:`SCALE_STRIDE`-th residual;
+* :func:`inlier_stats` gives the fitness and inlier RMSE the trust checks read.
+
+Points are sensor-frame millimetres (N, 3), x right, y down, z forward; poses are
+``T_model_sensor``. Kernels are single-threaded: the tracker runs beside other work on
+the same cores, and one frame is too little work to share out.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from dataclasses import dataclass
+
+import numpy as np
+from numba import njit
+from numpy.typing import NDArray
+from scipy.spatial import cKDTree
+
+from registration.depth import DepthFrame, _pixel_box
+from registration.frames import F64
+from registration.icp import MIN_SIGMA_MM, TUKEY_C, IcpResult
+from registration.model import SurfaceModel
+
+MIN_AGREEING_NEIGHBOURS = 2  # of the 4 pixel neighbours, for a depth return to be kept
+AGREE_MM = 4.0  # neighbours agree within this plus ...
+AGREE_SLOPE = 3.0  # ... this many pixel footprints (a surface up to ~70 degrees oblique)
+SCALE_STRIDE = 4  # every 4th residual estimates the robust scale: ample at thousands
+PROBE_EVERY = 8  # every 8th valid pixel is a candidate ray of the free-space check
+LEVER_MM = 100.0  # a rotation step counts as the motion of a point this far away
+MIN_POINTS = 12  # fewer weighted points than this: no step
+DAMPING = 1e-9  # added to the normal equations' diagonal, as registration/icp.py
+
+
+@dataclass(frozen=True)
+class DenseSurface:
+    """The model arrays the kernels read: the nearest-vertex grid (flat cells, dims,
+    offset, cell size) and one (position, normal) row per vertex."""
+
+    cells: NDArray[np.int32]
+    dims: NDArray[np.int64]
+    offset: F64
+    cell_mm: float
+    table: F64  # (V, 6): x, y, z, nx, ny, nz in model mm
+    box: F64  # (2, 3) model mm: the band's bounding box, tested before the grid is read
+
+    def args(self) -> tuple[object, ...]:
+        return (self.cells, self.dims, self.offset, self.cell_mm, self.table)
+
+
+_SURFACES: weakref.WeakKeyDictionary[SurfaceModel, DenseSurface] = weakref.WeakKeyDictionary()
+
+
+def dense_surface(model: SurfaceModel) -> DenseSurface:
+    """The kernels' view of ``model`` (built once per model, ~2 ms for 100k vertices).
+    The first call in a process also loads the compiled kernels (see :func:`_warm_up`)."""
+    if not _SURFACES:
+        _warm_up()
+    if model not in _SURFACES:
+        g = model.grid
+        table = np.ascontiguousarray(np.hstack([model.vertices, model.normals]), dtype=np.float64)
+        box = np.stack([model.bounds[0] - g.band_mm, model.bounds[1] + g.band_mm])
+        _SURFACES[model] = DenseSurface(
+            g.cells, np.asarray(g.dims, dtype=np.int64), np.ascontiguousarray(g.offset), g.cell_mm, table, box
+        )
+    return _SURFACES[model]
+
+
+@dataclass(frozen=True)
+class Gathered:
+    """A frame's points (sensor mm) as the tracker uses them: those in the model's band
+    at the predicted pose, split into the fit set and a holdout set (every k-th of them,
+    never fitted), and a sample of all valid points (the free-space check's rays)."""
+
+    fit: F64
+    hold: F64
+    probe: F64
+
+    @property
+    def n_near(self) -> int:
+        return len(self.fit) + len(self.hold)
+
+
+def gather_depth(
+    frame: DepthFrame,
+    surface: DenseSurface,
+    T_model_sensor: F64,
+    stride: int,
+    roi: tuple[int, int, int, int] | None,
+    holdout: tuple[int, int],
+) -> Gathered:
+    """The valid, non-isolated pixels of every ``stride``-th row and column inside
+    ``roi`` = (u0, v0, u1, v1) (whole image when None), raster order: those near the
+    model at ``T_model_sensor`` with every ``holdout[0]``-th from ``holdout[1]`` on held
+    out, and every :data:`PROBE_EVERY`-th valid pixel as a probe ray."""
+    depth = np.asarray(frame.depth)
+    K = frame.intrinsics
+    if depth.shape != (K.height, K.width):
+        msg = f"depth shape must match intrinsics {(K.height, K.width)}, got {depth.shape}"
+        raise ValueError(msg)
+    r0, r1, c0, c1 = _pixel_box(K, stride, roi)
+    if r1 <= r0 or c1 <= c0:
+        return Gathered(np.zeros((0, 3)), np.zeros((0, 3)), np.zeros((0, 3)))
+    sub = depth[r0 * stride : r1 * stride : stride, c0 * stride : c1 * stride : stride]
+    z = np.asarray(sub, dtype=np.float32) * np.float32(frame.depth_unit_mm)
+    z[~((z >= frame.min_mm) & (z <= frame.max_mm))] = np.nan  # NaN compares false: dropped too
+    rays = np.zeros((2, max(z.shape)))
+    rays[0, : z.shape[1]] = (np.arange(c0, c1) * stride - K.cx) / K.fx
+    rays[1, : z.shape[0]] = (np.arange(r0, r1) * stride - K.cy) / K.fy
+    # Neighbours agree within AGREE_MM plus AGREE_SLOPE pixel footprints (stride d / fx).
+    tol = np.array([AGREE_MM, AGREE_SLOPE * stride / K.fx])
+    fit, hold, probe = np.empty((z.size, 3)), np.empty((z.size, 3)), np.empty((z.size // PROBE_EVERY + 1, 3))
+    split = np.array(holdout, dtype=np.int64)
+    T = np.ascontiguousarray(T_model_sensor)
+    counts = _gather(z, rays, T, *surface.args()[:4], surface.box, split, tol, fit, hold, probe)
+    return Gathered(fit[: counts[0]], hold[: counts[1]], probe[: counts[2]])
+
+
+def gather_points(points: F64, surface: DenseSurface, T_model_sensor: F64, holdout: tuple[int, int]) -> Gathered:
+    """A point cloud's points (N, 3) near the model at ``T_model_sensor``, split as in
+    :func:`gather_depth`; every point is a probe ray (no image to thin it by)."""
+    P = np.ascontiguousarray(points, dtype=np.float64)
+    fit, hold = np.empty_like(P), np.empty_like(P)
+    split = np.array(holdout, dtype=np.int64)
+    counts = _split_near(P, np.ascontiguousarray(T_model_sensor), *surface.args()[:4], surface.box, split, fit, hold)
+    return Gathered(fit[: counts[0]], hold[: counts[1]], P)
+
+
+def fit_pose(
+    surface: DenseSurface,
+    points: F64,
+    T_model_sensor: F64,
+    *,
+    max_corr_mm: float,
+    min_corr_mm: float,
+    iterations: int,
+    tol_mm: float,
+) -> IcpResult:
+    """Refine ``T_model_sensor`` so the sensor ``points`` (N, 3) lie on the model surface.
+
+    Tukey-weighted point-to-plane Gauss-Newton with registration/icp.py's schedule: the
+    correspondence gate starts at ``max_corr_mm`` and shrinks to ``max(min_corr_mm,
+    4 sigma)``; converged once it has stopped shrinking and a step moves points by less
+    than ``tol_mm``. Increments act about the points' centroid in the model frame
+    (``pivot``), where the information matrix is taken."""
+    P = np.ascontiguousarray(points, dtype=np.float64)
+    T = np.ascontiguousarray(T_model_sensor, dtype=np.float64).copy()
+    scratch = np.empty(len(P) // SCALE_STRIDE + 1)
+    info, pivot = np.zeros((6, 6)), np.zeros(3)
+    limits = np.array([max_corr_mm, min_corr_mm, tol_mm], dtype=np.float64)
+    c_sensor = P.mean(axis=0)
+    stats = _fit(*surface.args(), P, c_sensor, T, limits, int(iterations), scratch, info, pivot)
+    return IcpResult(T, info, pivot, float(stats[0]), int(stats[1]), int(stats[2]), bool(stats[3]))
+
+
+def inlier_stats(surface: DenseSurface, T_model_sensor: F64, points: F64, inlier_mm: float) -> tuple[float, float, int]:
+    """Fitness (inlier share), inlier RMSE (mm, inf without inliers) and inlier count of
+    sensor points at a pose: an inlier lies within ``inlier_mm`` of its vertex's tangent
+    plane and within ``inlier_mm`` + one grid cell of the vertex itself."""
+    if len(points) == 0:
+        return 0.0, float("inf"), 0
+    P = np.ascontiguousarray(points, dtype=np.float64)
+    n_in, sum_sq = _inliers(np.ascontiguousarray(T_model_sensor), *surface.args(), P, float(inlier_mm))
+    rmse = math.sqrt(sum_sq / n_in) if n_in else float("inf")
+    return n_in / len(P), rmse, int(n_in)
+
+
+def rms_radius(points: F64) -> float:
+    """RMS distance (mm) of points (N, 3) from their centroid: the lever arm at which a
+    fit's rotations are judged (np.var over axis 0 costs ten times more)."""
+    return float(_rms_radius(np.ascontiguousarray(points, dtype=np.float64)))
+
+
+def _warm_up() -> None:
+    """Run every kernel once on a few made-up points, so that loading them from Numba's
+    cache (tens of milliseconds) happens when the tracker is made, not in its first
+    frame. The types match the real calls: each signature is compiled separately."""
+    from registration.depth import PinholeIntrinsics
+    from registration.nearest_grid import NearestGrid
+
+    V = np.array([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [1.0, 1.0, 0.0]])
+    g = NearestGrid.build(V, cKDTree(V), 1.0, 2.0)
+    table = np.hstack([V, np.tile([0.0, 0.0, 1.0], (4, 1))])
+    s = DenseSurface(
+        g.cells, np.asarray(g.dims, dtype=np.int64), g.offset, g.cell_mm, table, np.array([[-3.0] * 3, [4.0] * 3])
+    )
+    T = np.eye(4)
+    T[2, 3] = -100.0
+    K = PinholeIntrinsics(4, 4, 2.0, 2.0, 1.5, 1.5)
+    gather_depth(DepthFrame(np.full((4, 4), 100, dtype=np.uint16), K), s, T, 1, None, (5, 0))
+    P = np.tile([[0.5, 0.5, 0.1]], (16, 1))
+    gather_points(P, s, np.eye(4), (5, 0))
+    fit_pose(s, P, np.eye(4), max_corr_mm=1.0, min_corr_mm=1.0, iterations=1, tol_mm=1.0)
+    inlier_stats(s, np.eye(4), P, 1.0)
+    rms_radius(P)
+
+
+# ------------------------------------------------------------------ compiled kernels
+@njit(cache=True)
+def _rms_radius(P):  # type: ignore[no-untyped-def]
+    n = P.shape[0]
+    if n == 0:
+        return 0.0
+    c0 = c1 = c2 = 0.0
+    for m in range(n):
+        c0, c1, c2 = c0 + P[m, 0], c1 + P[m, 1], c2 + P[m, 2]
+    c0, c1, c2 = c0 / n, c1 / n, c2 / n
+    acc = 0.0
+    for m in range(n):
+        acc += (P[m, 0] - c0) ** 2 + (P[m, 1] - c1) ** 2 + (P[m, 2] - c2) ** 2
+    return math.sqrt(acc / n)
+
+
+@njit(cache=True, inline="always")
+def _to_model(T, x, y, z):  # type: ignore[no-untyped-def]
+    return (
+        T[0, 0] * x + T[0, 1] * y + T[0, 2] * z + T[0, 3],
+        T[1, 0] * x + T[1, 1] * y + T[1, 2] * z + T[1, 3],
+        T[2, 0] * x + T[2, 1] * y + T[2, 2] * z + T[2, 3],
+    )
+
+
+@njit(cache=True, inline="always")
+def _cell(cells, dims, offset, inv, x, y, z):  # type: ignore[no-untyped-def]
+    """Nearest-vertex index of a model-frame point from the grid; -1 off the band (the
+    grid's border cells are -1, so clipping needs no bounds test)."""
+    i = min(max(int(x * inv + offset[0]), 0), dims[0] - 1)
+    j = min(max(int(y * inv + offset[1]), 0), dims[1] - 1)
+    k = min(max(int(z * inv + offset[2]), 0), dims[2] - 1)
+    return cells[(i * dims[1] + j) * dims[2] + k]
+
+
+@njit(cache=True, inline="always")
+def _plane(table, v, x, y, z):  # type: ignore[no-untyped-def]
+    """Signed distance of a point to vertex ``v``'s tangent plane and the squared offset
+    along the plane (large past the edge of an open mesh)."""
+    dx, dy, dz = x - table[v, 0], y - table[v, 1], z - table[v, 2]
+    r = dx * table[v, 3] + dy * table[v, 4] + dz * table[v, 5]
+    return r, dx * dx + dy * dy + dz * dz - r * r
+
+
+@njit(cache=True, inline="always")
+def _agrees(z, i, j, d, tol):  # type: ignore[no-untyped-def]
+    """Whether pixel (i, j) exists and its depth is within ``tol`` of ``d`` (NaN: no)."""
+    if i < 0 or j < 0 or i >= z.shape[0] or j >= z.shape[1]:
+        return 0
+    return 1 if abs(z[i, j] - d) < tol else 0
+
+
+@njit(cache=True, inline="always")
+def _in_box(box, x, y, z):  # type: ignore[no-untyped-def]
+    return box[0, 0] <= x <= box[1, 0] and box[0, 1] <= y <= box[1, 1] and box[0, 2] <= z <= box[1, 2]
+
+
+@njit(cache=True, inline="always")
+def _near(T, cells, dims, offset, inv, box, x, y, z):  # type: ignore[no-untyped-def]
+    """Whether a sensor point lies in the model's band at T (box test first: most
+    background points need no grid read)."""
+    px, py, pz = _to_model(T, x, y, z)
+    return _in_box(box, px, py, pz) and _cell(cells, dims, offset, inv, px, py, pz) >= 0
+
+
+@njit(cache=True, inline="always")
+def _put(fit, hold, n_fit, n_hold, until, every, x, y, z):  # type: ignore[no-untyped-def]
+    """Append a near point to the holdout set when ``until`` (points to the next held-out
+    one) has counted down to 0, else to the fit set; returns the three counters."""
+    if until == 0:
+        hold[n_hold, 0], hold[n_hold, 1], hold[n_hold, 2] = x, y, z
+        return n_fit, n_hold + 1, every - 1
+    fit[n_fit, 0], fit[n_fit, 1], fit[n_fit, 2] = x, y, z
+    return n_fit + 1, n_hold, until - 1
+
+
+@njit(cache=True)
+def _gather(z, rays, T, cells, dims, offset, cell_mm, box, split, tol, fit, hold, probe):  # type: ignore[no-untyped-def]
+    """``z``: depth in mm (NaN where invalid); ``rays``: per column (row 0) and row (row 1)
+    the pixel's x / z and y / z; ``tol``: the speckle test's (mm, mm per mm of depth).
+
+    Two passes: the raster pass keeps the pixels inside the model's box (arithmetic
+    only); the grid is read in a second pass over those, where no branch waits on a
+    cache miss, so the misses overlap (reading it in the raster pass costs 5x more)."""
+    inv = 1.0 / cell_mm
+    n_probe = 0
+    rows, cols = np.empty(z.size, dtype=np.int32), np.empty(z.size, dtype=np.int32)  # in-box pixels
+    n_box = n_valid = 0
+    for i in range(z.shape[0]):
+        ry = rays[1, i]
+        for j in range(z.shape[1]):
+            d = z[i, j]
+            if not d > 0.0:  # NaN too
+                continue
+            x, y = rays[0, j] * d, ry * d
+            if n_valid % PROBE_EVERY == 0 and _coherent(z, i, j, d, tol):
+                probe[n_probe, 0], probe[n_probe, 1], probe[n_probe, 2] = x, y, d
+                n_probe += 1
+            n_valid += 1
+            px, py, pz = _to_model(T, x, y, d)
+            if _in_box(box, px, py, pz):
+                rows[n_box], cols[n_box] = i, j
+                n_box += 1
+    n_fit, n_hold, until = 0, 0, split[1]
+    for m in range(n_box):
+        i, j = rows[m], cols[m]
+        d = z[i, j]
+        x, y = rays[0, j] * d, rays[1, i] * d
+        px, py, pz = _to_model(T, x, y, d)
+        if _cell(cells, dims, offset, inv, px, py, pz) >= 0 and _coherent(z, i, j, d, tol):
+            n_fit, n_hold, until = _put(fit, hold, n_fit, n_hold, until, split[0], x, y, d)
+    return n_fit, n_hold, n_probe
+
+
+@njit(cache=True, inline="always")
+def _coherent(z, i, j, d, tol):  # type: ignore[no-untyped-def]
+    """Whether at least MIN_AGREEING_NEIGHBOURS of pixel (i, j)'s four neighbours have a
+    depth within tol[0] + tol[1] d of its depth ``d``: not an isolated return."""
+    t = tol[0] + tol[1] * d
+    agree = _agrees(z, i - 1, j, d, t) + _agrees(z, i + 1, j, d, t)
+    agree += _agrees(z, i, j - 1, d, t) + _agrees(z, i, j + 1, d, t)
+    return agree >= MIN_AGREEING_NEIGHBOURS
+
+
+@njit(cache=True)
+def _split_near(P, T, cells, dims, offset, cell_mm, box, split, fit, hold):  # type: ignore[no-untyped-def]
+    inv = 1.0 / cell_mm
+    n_fit, n_hold, until = 0, 0, split[1]
+    for m in range(P.shape[0]):
+        if _near(T, cells, dims, offset, inv, box, P[m, 0], P[m, 1], P[m, 2]):
+            n_fit, n_hold, until = _put(fit, hold, n_fit, n_hold, until, split[0], P[m, 0], P[m, 1], P[m, 2])
+    return n_fit, n_hold
+
+
+@njit(cache=True)
+def _robust_scale(cells, dims, offset, cell_mm, table, P, T, gate, scratch):  # type: ignore[no-untyped-def]
+    """1.4826 x the median |residual| of every SCALE_STRIDE-th point within ``gate``
+    (see :func:`_scale`): the scale of the first iteration's weights."""
+    inv = 1.0 / cell_mm
+    tan_lim2 = max(2.0 * cell_mm, 0.5 * gate) ** 2
+    k = 0
+    for m in range(0, P.shape[0], SCALE_STRIDE):
+        x, y, z = _to_model(T, P[m, 0], P[m, 1], P[m, 2])
+        v = _cell(cells, dims, offset, inv, x, y, z)
+        if v < 0:
+            continue
+        r, tan2 = _plane(table, v, x, y, z)
+        if abs(r) < gate and tan2 < tan_lim2:
+            scratch[k] = abs(r)
+            k += 1
+    return _scale(scratch, k)
+
+
+@njit(cache=True, inline="always")
+def _scale(scratch, k):  # type: ignore[no-untyped-def]
+    """1.4826 MAD of the ``k`` absolute residuals in ``scratch``, floored at MIN_SIGMA_MM
+    (as registration/icp.py); inf when they stand for too few points."""
+    if k * SCALE_STRIDE < MIN_POINTS:
+        return np.inf
+    return max(1.4826 * np.median(scratch[:k]), MIN_SIGMA_MM)
+
+
+@njit(cache=True)
+def _accumulate(cells, dims, offset, cell_mm, table, P, T, c, gate, tukey, A, H, b, scratch):  # type: ignore[no-untyped-def]
+    """Normal equations (H, b) of the points' plane residuals, with Tukey
+    biweights at ``tukey`` mm, for increments (omega, v) about ``c``: the residual's
+    Jacobian is ((x - c) x n, n). A point whose vertex lies more than max(2 cells,
+    tukey / 2) along the plane (past the edge of an open mesh) carries no weight.
+    Every SCALE_STRIDE-th |residual| within ``gate`` goes to ``scratch`` for the next
+    iteration's scale. Returns the weighted count and the count in ``scratch``.
+
+    One pass writes sqrt(w) (J, r) per weighted point into the columns of ``A`` (7, N);
+    the sums are then SIMD dot products over its rows (:func:`_gram`): three times
+    cheaper than 27 running sums per point."""
+    inv = 1.0 / cell_mm
+    tan_w2 = max(2.0 * cell_mm, 0.5 * tukey) ** 2
+    tan_g2 = max(2.0 * cell_mm, 0.5 * gate) ** 2
+    inv_t2 = 1.0 / (tukey * tukey)
+    cx, cy, cz = c[0], c[1], c[2]
+    used = k = visited = 0
+    for m in range(P.shape[0]):
+        x, y, z = _to_model(T, P[m, 0], P[m, 1], P[m, 2])
+        v = _cell(cells, dims, offset, inv, x, y, z)
+        if v < 0:
+            continue
+        r, tan2 = _plane(table, v, x, y, z)
+        visited += 1
+        if visited % SCALE_STRIDE == 0 and abs(r) < gate and tan2 < tan_g2:
+            scratch[k] = abs(r)
+            k += 1
+        u2 = r * r * inv_t2
+        if u2 >= 1.0 or tan2 >= tan_w2:
+            continue
+        s = 1.0 - u2  # sqrt of Tukey's biweight (1 - u^2)^2
+        nx, ny, nz = table[v, 3], table[v, 4], table[v, 5]
+        A[0, used] = s * ((y - cy) * nz - (z - cz) * ny)
+        A[1, used] = s * ((z - cz) * nx - (x - cx) * nz)
+        A[2, used] = s * ((x - cx) * ny - (y - cy) * nx)
+        A[3, used], A[4, used], A[5, used], A[6, used] = s * nx, s * ny, s * nz, s * r
+        used += 1
+    _gram(A, used, H, b)
+    return used, k
+
+
+@njit(cache=True, fastmath=True)
+def _gram(A, n, H, b):  # type: ignore[no-untyped-def]
+    """H = A[:6] A[:6]^T and b = A[:6] A[6] over the first ``n`` columns (fastmath lets
+    the sums vectorise; their order does not matter at this precision)."""
+    for i in range(6):
+        for j in range(i + 1):
+            acc = 0.0
+            for m in range(n):
+                acc += A[i, m] * A[j, m]
+            H[i, j] = H[j, i] = acc
+        acc = 0.0
+        for m in range(n):
+            acc += A[i, m] * A[6, m]
+        b[i] = acc
+
+
+@njit(cache=True)
+def _move(T, xi, c):  # type: ignore[no-untyped-def]
+    """T <- exp(xi) T with the rotation about ``c`` (Rodrigues); the step's size in mm
+    (rotation counted at LEVER_MM)."""
+    wx, wy, wz = xi[0], xi[1], xi[2]
+    theta = math.sqrt(wx * wx + wy * wy + wz * wz)
+    K = np.array([[0.0, -wz, wy], [wz, 0.0, -wx], [-wy, wx, 0.0]])
+    E = np.eye(3)
+    if theta > 1e-12:
+        E += (math.sin(theta) / theta) * K + ((1.0 - math.cos(theta)) / theta**2) * (K @ K)
+    M = T.copy()
+    for i in range(3):
+        for j in range(3):
+            T[i, j] = E[i, 0] * M[0, j] + E[i, 1] * M[1, j] + E[i, 2] * M[2, j]
+        T[i, 3] = c[i] + xi[3 + i]
+        for j in range(3):
+            T[i, 3] += E[i, j] * (M[j, 3] - c[j])
+    return LEVER_MM * theta + math.sqrt(xi[3] ** 2 + xi[4] ** 2 + xi[5] ** 2)
+
+
+@njit(cache=True)
+def _fit(cells, dims, offset, cell_mm, table, P, c_sensor, T, limits, iterations, scratch, info, pivot):  # type: ignore[no-untyped-def]
+    gate, min_gate, tol = limits[0], limits[1], limits[2]
+    H, b, A = np.empty((6, 6)), np.empty(6), np.empty((7, P.shape[0]))
+    damping = DAMPING * np.eye(6)
+    used, it, converged = 0, 0, False
+    # Weights use the scale of the previous iteration's residuals (the first: of a pass
+    # of their own), so that one pass over the points makes a step.
+    sigma = _robust_scale(cells, dims, offset, cell_mm, table, P, T, gate, scratch)
+    for it in range(1, iterations + 1):  # noqa: B007 - the count is reported
+        if not np.isfinite(sigma):
+            used = 0
+            break
+        c = np.array(_to_model(T, c_sensor[0], c_sensor[1], c_sensor[2]))
+        # Tukey's biweight at TUKEY_C sigma, never wider than the correspondence gate.
+        tukey = min(gate, TUKEY_C * sigma)
+        used, k = _accumulate(cells, dims, offset, cell_mm, table, P, T, c, gate, tukey, A, H, b, scratch)
+        if used < MIN_POINTS:
+            break
+        info[:, :] = H
+        pivot[:] = c
+        moved = _move(T, -np.linalg.solve(H + damping, b), c)
+        sigma = _scale(scratch, k)
+        # The gate shrinks (never grows: clutter stays out) to 4 sigma, not below min_gate.
+        new_gate = min(gate, max(min_gate, 4.0 * sigma, 0.5 * gate))
+        shrinking = new_gate < 0.95 * gate
+        gate = new_gate
+        if moved < tol and not shrinking:
+            converged = True
+            break
+    return np.array([sigma, used, it, 1.0 if converged else 0.0])
+
+
+@njit(cache=True)
+def _inliers(T, cells, dims, offset, cell_mm, table, P, inlier_mm):  # type: ignore[no-untyped-def]
+    inv = 1.0 / cell_mm
+    full_lim2 = (inlier_mm + cell_mm) ** 2
+    n_in, sum_sq = 0, 0.0
+    for m in range(P.shape[0]):
+        x, y, z = _to_model(T, P[m, 0], P[m, 1], P[m, 2])
+        v = _cell(cells, dims, offset, inv, x, y, z)
+        if v < 0:
+            continue
+        r, tan2 = _plane(table, v, x, y, z)
+        if abs(r) < inlier_mm and r * r + tan2 < full_lim2:
+            n_in += 1
+            sum_sq += r * r
+    return n_in, sum_sq
