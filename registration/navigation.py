@@ -53,6 +53,7 @@ class NavigationConfig:
     max_predicted_tre_mm: float = 3.0
     max_landmark_error_mm: float = 15.0  # a touched landmark this far from the fitted pose
     ambiguity_ratio: float = 2.0  # the best distinct rival must cost this many times more
+    verdict_trunc_mm: float = 2.5  # least truncation of the verdict's costs (registration/ambiguity.py)
     distinct_mm: float = 6.0
     turn_retries: int = 2  # from a given start: a better turned pose is taken this often
 
@@ -256,7 +257,7 @@ def _rival(
     shift = max_displacement_mm(invert(T_best), invert(T_rival), model.reference_points())
     if shift < cfg.distinct_mm:
         return None
-    ratio = fair_cost_ratio(model, pts, T_best, T_rival, cfg.search.verdict_trunc_mm)
+    ratio = fair_cost_ratio(model, pts, T_best, T_rival, cfg.verdict_trunc_mm)
     return Rival(invert(T_rival), ratio, shift)
 
 

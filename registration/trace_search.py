@@ -11,10 +11,9 @@ starts on a small subset, the best few thousand on a larger one, the best distin
 basins on every point, and the two best polished by a local search. A trace in any
 tracker frame is therefore scored the same.
 
-The verdict compares the best basin with the best *distinct* rival (a pose that moves
-the model's reference points by more than ``distinct_mm``): a rival costing less than
-``ambiguity_ratio`` times the best means the data cannot tell them apart, and the
-result says so, with the rival pose and how far it would move the targets. Traces too
+The result is the best basin and its best *distinct* rival (a pose that moves the
+trace or the model's reference points by more than ``distinct_mm``); the navigation
+workflow (registration/navigation.py) refines both and gives the verdict. Traces too
 small to decide (fewer than ``min_points``, or a patch under ``min_radius_mm``) are
 refused with the reason before any search.
 """
@@ -29,7 +28,6 @@ import numpy as np
 from numba import njit
 from numpy.typing import NDArray
 
-from registration.ambiguity import fair_cost_ratio
 from registration.batch_fit import Surface, gauss_newton, transform_batch, truncated_costs
 from registration.frames import F64, invert, max_displacement_mm
 from registration.model import SurfaceModel
@@ -59,8 +57,6 @@ class SearchConfig:
     polish_step_deg: float = 3.0
     polish_mm: float = 4.0  # ... and translation offsets
     distinct_mm: float = 6.0
-    ambiguity_ratio: float = 2.0  # the best distinct rival must cost at least this many times more
-    verdict_trunc_mm: float = 2.5  # least truncation of the verdict's costs (registration/ambiguity.py)
     seed: int = 0
 
 
@@ -74,22 +70,16 @@ class Basin:
 
 @dataclass(frozen=True)
 class SearchResult:
-    """The best basin, its best distinct rival (None if every start ended in the best),
-    their cost ratio (inf without a rival) and the rival's displacement of the
-    reference points (mm)."""
+    """The best basin and its best distinct rival (None if every start ended in the
+    best, or the trace was ``refused`` with the reason), all distinct basins best first,
+    and how many starts were tried."""
 
     best: Basin | None
     rival: Basin | None
-    ratio: float
-    rival_shift_mm: float
     refused: str | None = None
     elapsed_ms: float = 0.0
     starts: int = 0
     basins: tuple[Basin, ...] = field(default=())
-
-    @property
-    def ambiguous(self) -> bool:
-        return self.best is not None and self.rival is not None and self.ratio < SearchConfig.ambiguity_ratio
 
 
 def canonical_frame(points: F64) -> F64:
@@ -161,7 +151,7 @@ def search(model: SurfaceModel, points_sensor: F64, config: SearchConfig | None 
     t0 = time.perf_counter()
     refused = _refusal(points_sensor, cfg)
     if refused:
-        return SearchResult(None, None, float("inf"), 0.0, refused, (time.perf_counter() - t0) * 1e3)
+        return SearchResult(None, None, refused, (time.perf_counter() - t0) * 1e3)
     T_can = canonical_frame(points_sensor)
     trace = _Trace(points_sensor @ T_can[:3, :3].T + T_can[:3, 3], cfg.final_points)
     coarse = _coarse(model, trace, cfg)
@@ -173,17 +163,11 @@ def search(model: SurfaceModel, points_sensor: F64, config: SearchConfig | None 
     best = basins[0]
     refs = _reference_points(model, trace, best.T_model_sensor @ invert(T_can))
     rival = next((b for b in basins[1:] if _shift(best, b, refs) > cfg.distinct_mm), None)
-    ratio = (
-        float("inf")
-        if rival is None
-        else fair_cost_ratio(model, points_sensor, best.T_model_sensor, rival.T_model_sensor, cfg.verdict_trunc_mm)
-    )
-    shift = 0.0 if rival is None else _shift(best, rival, model.reference_points())
     ms = (time.perf_counter() - t0) * 1e3
     log.info(
-        "trace search: %d points, best cost %.2f, rival ratio %.2f, %.0f ms", len(points_sensor), best.cost, ratio, ms
+        "trace search: %d points, best cost %.2f, %d basins, %.0f ms", len(points_sensor), best.cost, len(basins), ms
     )
-    return SearchResult(best, rival, ratio, shift, None, ms, cfg.rotations * cfg.seeds, tuple(basins))
+    return SearchResult(best, rival, None, ms, cfg.rotations * cfg.seeds, tuple(basins))
 
 
 def _refusal(points: F64, cfg: SearchConfig) -> str | None:
