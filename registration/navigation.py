@@ -34,7 +34,7 @@ from registration.icp import covariance_about_origin, normalised_condition
 from registration.model import SurfaceModel
 from registration.paired_point import PairedPoint, landmark_pairs, paired_point_fit
 from registration.refine import RefineConfig, Refinement, refine
-from registration.trace_search import SearchConfig, SearchResult, search
+from registration.trace_search import SearchConfig, search
 from registration.turns import best_turned_rival
 from registration.weak_direction import where_points_help
 
@@ -160,15 +160,20 @@ def register_trace(
     found = search(model, pts, cfg.search)
     if found.best is None:
         return _refused(model, pts, found.refused or "no pose found", method, t0, None)
-    refined = refine(model, pts, found.best.T_model_sensor, cfg.refine)
-    return _finish(model, pts, refined, found, None, method, cfg, t0)
+    # The best basin and its rival are refined the same way; whichever fits better then is
+    # the result (the search's ranking is on fewer points and coarser correspondences).
+    refined = sorted(
+        (refine(model, pts, b.T_model_sensor, cfg.refine) for b in (found.best, found.rival) if b is not None),
+        key=lambda r: r.cost,
+    )
+    return _finish(model, pts, refined[0], refined[1] if len(refined) > 1 else None, None, method, cfg, t0)
 
 
 def _finish(
     model: SurfaceModel,
     pts: F64,
     ref: Refinement,
-    found: SearchResult | None,
+    searched_rival: Refinement | None,
     coarse: PairedPoint | None,
     method: str,
     cfg: NavigationConfig,
@@ -184,7 +189,7 @@ def _finish(
     tre_values = predicted_tre(cov, model.reference_points())
     tre = {n: float(v) for n, v in zip(names, tre_values, strict=True)}
     lm_err = None if coarse is None else _landmark_error(T, coarse)
-    rival = _rival(model, pts, ref, found, cfg)
+    rival = _rival(model, pts, ref, searched_rival, cfg)
     reasons = _reasons(ref, len(pts), cond, tre, lm_err, rival, cfg)
     status = Status.TRACKING if not reasons else Status.DEGRADED
     hint = where_points_help(model, ref.T_model_sensor, kept) if reasons else None
@@ -242,17 +247,13 @@ def _reasons(
 
 
 def _rival(
-    model: SurfaceModel, pts: F64, ref: Refinement, found: SearchResult | None, cfg: NavigationConfig
+    model: SurfaceModel, pts: F64, ref: Refinement, searched: Refinement | None, cfg: NavigationConfig
 ) -> Rival | None:
-    """The best distinct rival: from the global search when there was one (refined the
-    same way as the best), else from the refinement's local search."""
+    """The best distinct rival: the global search's (refined like the best) when there was
+    a search, else the refinement's local runner-up."""
     T_best = ref.T_model_sensor
-    if found is not None and found.rival is not None:
-        rival_ref = refine(model, pts, found.rival.T_model_sensor, cfg.refine)
-        T_rival = rival_ref.T_model_sensor
-    elif ref.rival_T_model_sensor is not None:
-        T_rival = ref.rival_T_model_sensor
-    else:
+    T_rival = searched.T_model_sensor if searched is not None else ref.rival_T_model_sensor
+    if T_rival is None:
         return None
     shift = max_displacement_mm(invert(T_best), invert(T_rival), model.reference_points())
     if shift < cfg.distinct_mm:

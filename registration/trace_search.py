@@ -7,9 +7,10 @@ its frame: the points are moved to their own canonical frame (centroid, principa
 axes), and every orientation of SO(3) on a uniform grid is tried at translation seeds
 spread over the model, each start pulled in by a few robust point-to-plane steps on a
 wide nearest-vertex grid (registration/batch_fit.py, compiled). Coarse to fine: all
-starts on a small subset, the best few thousand on a larger one, the best distinct
-basins on every point, and the two best polished by a local search. A trace in any
-tracker frame is therefore scored the same.
+starts on a small subset, the best few thousand on a larger one, and the best distinct
+basins on every point (the navigation workflow then refines the best two with a local
+search, registration/refine.py). A trace in any tracker frame is therefore scored the
+same.
 
 The result is the best basin and its best *distinct* rival (a pose that moves the
 trace or the model's reference points by more than ``distinct_mm``); the navigation
@@ -31,7 +32,7 @@ from numpy.typing import NDArray
 from registration.batch_fit import Surface, gauss_newton, transform_batch, truncated_costs
 from registration.frames import F64, invert, max_displacement_mm
 from registration.model import SurfaceModel
-from registration.rotations import local_rotations, uniform_rotations
+from registration.rotations import uniform_rotations
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +54,6 @@ class SearchConfig:
     final_points: int = 1500
     final_gates_mm: tuple[float, ...] = (5.0, 4.0, 3.0, 3.0, 2.5, 2.5, 2.5, 2.5)
     trunc_mm: float = 2.5  # truncation of the costs that rank converged basins (~5 sigma of pointer noise)
-    polish_deg: float = 6.0  # local search around the two best: rotation ball ...
-    polish_step_deg: float = 3.0
-    polish_mm: float = 4.0  # ... and translation offsets
     distinct_mm: float = 6.0
     seed: int = 0
 
@@ -156,8 +154,6 @@ def search(model: SurfaceModel, points_sensor: F64, config: SearchConfig | None 
     trace = _Trace(points_sensor @ T_can[:3, :3].T + T_can[:3, 3], cfg.final_points)
     coarse = _coarse(model, trace, cfg)
     basins = _basins(model, trace, coarse, cfg)
-    basins = _polish(model, trace, basins[:2], cfg) + basins[2:]
-    basins.sort(key=lambda b: b.cost)
     # Back to the sensor frame: T_model_sensor = T_model_canonical @ T_canonical_sensor.
     basins = [Basin(b.T_model_sensor @ T_can, b.cost) for b in basins]
     best = basins[0]
@@ -231,28 +227,6 @@ def _basins(model: SurfaceModel, trace: _Trace, starts: tuple[F64, F64], cfg: Se
     Rf, tf = gauss_newton(fine, R[picked], t[picked], trace.take(cfg.final_points), cfg.final_gates_mm)
     cost = truncated_costs(fine, Rf, tf, trace.Q, cfg.trunc_mm)
     return sorted((Basin(_transform(Rf[i], tf[i]), float(cost[i])) for i in range(len(picked))), key=lambda b: b.cost)
-
-
-def _polish(model: SurfaceModel, trace: _Trace, basins: list[Basin], cfg: SearchConfig) -> list[Basin]:
-    """A local search around each basin: a ball of rotations and a few translation
-    offsets, each refined briefly; the lowest cost wins (a plain ICP can stop a few
-    degrees short, in a neighbouring minimum, on a patch with little curvature)."""
-    fine = _fine_surface(model)
-    Rl = local_rotations(cfg.polish_deg, cfg.polish_step_deg)
-    offsets = np.vstack([np.zeros(3), cfg.polish_mm * np.vstack([np.eye(3), -np.eye(3)])])
-    pts = trace.take(cfg.fine_points)
-    out = []
-    for b in basins:
-        R = np.einsum("kij,jl->kil", Rl, b.T_model_sensor[:3, :3])
-        R = np.repeat(R[None], len(offsets), axis=0).reshape(-1, 3, 3)
-        t = np.repeat(b.T_model_sensor[:3, 3] + offsets, len(Rl), axis=0)
-        R, t = gauss_newton(fine, R, t, pts, (4.0, 3.0, 2.5, 2.5))
-        cost = truncated_costs(fine, R, t, pts, cfg.trunc_mm)
-        k = int(np.argmin(cost))
-        R1, t1 = gauss_newton(fine, R[k : k + 1], t[k : k + 1], trace.take(cfg.final_points), cfg.final_gates_mm)
-        c1 = float(truncated_costs(fine, R1, t1, trace.Q, cfg.trunc_mm)[0])
-        out.append(Basin(_transform(R1[0], t1[0]), c1) if c1 < b.cost else b)
-    return out
 
 
 def _reference_points(model: SurfaceModel, trace: _Trace, T_model_canonical: F64) -> F64:
