@@ -162,11 +162,11 @@ def register_trace(
         return _refused(model, pts, found.refused or "no pose found", method, t0, None)
     # The best basin and its rival are refined the same way; whichever fits better then is
     # the result (the search's ranking is on fewer points and coarser correspondences).
-    refined = sorted(
+    both = sorted(
         (refine(model, pts, b.T_model_sensor, cfg.refine) for b in (found.best, found.rival) if b is not None),
         key=lambda r: r.cost,
     )
-    return _finish(model, pts, refined[0], refined[1] if len(refined) > 1 else None, None, method, cfg, t0)
+    return _finish(model, pts, both[0], both[1] if len(both) > 1 else None, None, method, cfg, t0)
 
 
 def _finish(

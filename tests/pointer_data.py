@@ -46,9 +46,10 @@ def _read_vtk_polydata(path: Path) -> tuple[F64, np.ndarray]:
     reader.Update()
     poly = reader.GetOutput()
     V = vtk_to_numpy(poly.GetPoints().GetData()).astype(np.float64)
-    cells = vtk_to_numpy(poly.GetPolys().GetData()).reshape(-1, 4)
-    assert np.all(cells[:, 0] == 3), "pelvis mesh: only triangles expected"
-    return V, cells[:, 1:].astype(np.int64)
+    polys = poly.GetPolys()
+    offsets = vtk_to_numpy(polys.GetOffsetsArray())
+    assert np.all(np.diff(offsets) == 3), "pelvis mesh: only triangles expected"
+    return V, vtk_to_numpy(polys.GetConnectivityArray()).reshape(-1, 3).astype(np.int64)
 
 
 def load_pelvis(folder: Path) -> PelvisCase:
