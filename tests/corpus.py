@@ -308,39 +308,43 @@ def _nibabel_array(path: Path) -> tuple[np.ndarray, tuple[float, ...], np.ndarra
     return data, zooms, np.asarray(image.affine)
 
 
-def _as_nrrd(path: Path, encoding: str) -> Callable[[Path], Path]:
-    def build(where: Path) -> Path:
-        import nrrd
+def _converted(
+    path: Path, suffix: str, write: Callable[[Path, np.ndarray, tuple[float, ...], np.ndarray], None]
+) -> Callable[[Path], Path]:
+    """A builder that rewrites nibabel's image ``path`` as ``<stem><suffix>`` with ``write``."""
 
+    def build(where: Path) -> Path:
         where.mkdir(parents=True)
         loaded = _nibabel_array(path)
-        assert loaded is not None
-        data, _, affine = loaded
-        lps = np.diag([-1.0, -1.0, 1.0]) @ affine[:3, :3]
-        header = {
-            "space": "left-posterior-superior",
-            "space directions": lps.T,
-            "space origin": np.diag([-1.0, -1.0, 1.0]) @ affine[:3, 3],
-            "encoding": encoding,
-        }
-        target = where / f"{path.name.split('.')[0]}.nrrd"
-        nrrd.write(str(target), np.ascontiguousarray(data), header)
+        assert loaded is not None, "only images nibabel reads are converted"
+        target = where / f"{path.name.split('.')[0]}{suffix}"
+        write(target, *loaded)
         return target
 
     return build
+
+
+def _as_nrrd(path: Path, encoding: str) -> Callable[[Path], Path]:
+    def write(target: Path, data: np.ndarray, _spacing: tuple[float, ...], affine: np.ndarray) -> None:
+        import nrrd
+
+        ras_to_lps = np.diag([-1.0, -1.0, 1.0])
+        header = {
+            "space": "left-posterior-superior",
+            "space directions": (ras_to_lps @ affine[:3, :3]).T,
+            "space origin": ras_to_lps @ affine[:3, 3],
+            "encoding": encoding,
+        }
+        nrrd.write(str(target), np.ascontiguousarray(data), header)
+
+    return _converted(path, ".nrrd", write)
 
 
 def _as_mha(path: Path, compressed: bool) -> Callable[[Path], Path]:
-    def build(where: Path) -> Path:
-        where.mkdir(parents=True)
-        loaded = _nibabel_array(path)
-        assert loaded is not None
-        data, spacing, _ = loaded
-        target = where / f"{path.name.split('.')[0]}.mha"
+    def write(target: Path, data: np.ndarray, spacing: tuple[float, ...], _affine: np.ndarray) -> None:
         target.write_bytes(mha_bytes(np.ascontiguousarray(data.transpose(2, 1, 0)), spacing, compressed=compressed))
-        return target
 
-    return build
+    return _converted(path, ".mha", write)
 
 
 # ------------------------------------------------------------------ writers for hand-made files
