@@ -38,7 +38,6 @@ from corpus import (  # noqa: E402  (tests/ is put on the path just above)
     corpus_cases,
     run_case,
 )
-from test_imaging_corpus import KNOWN_OTHER_ENGINEER  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 DOCS = REPO / "docs" / "reliability.md"
@@ -90,7 +89,7 @@ def _verdict(o: Outcome) -> str:
         return "WRONG MODEL"
     if o.missing_model:
         return "NO MODEL"
-    return "KNOWN (other)" if o.case.name in KNOWN_OTHER_ENGINEER else "ANYTHING ELSE"
+    return "ANYTHING ELSE"
 
 
 def _first_line(o: Outcome) -> str:
@@ -140,10 +139,7 @@ def markdown(outcomes: list[Outcome], wall_s: float, jobs: int) -> str:
     lines += [
         "",
         f"Models from inputs that must be refused: {len(wrong)}. "
-        f"Inputs that must give a model and did not: {len(missing)}. Anything else: {len(other)}"
-        + (
-            f" ({sum(o.case.name in KNOWN_OTHER_ENGINEER for o in other)} known, issue 15 items 4-5)." if other else "."
-        ),
+        f"Inputs that must give a model and did not: {len(missing)}. Anything else: {len(other)}.",
     ]
     for o in wrong + missing + other:
         lines.append(f"- `{o.case.name}` ({_verdict(o).lower()}): {_first_line(o)}")

@@ -27,6 +27,10 @@ Redact = Callable[[str], str]
 # Line breaks, C0/C1 controls (terminal escape sequences), DEL and bidirectional overrides.
 _UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 _LIBRARY_LINES = 20  # lines of captured library output kept for the verbose log
+# Libraries that log through Python's ``logging`` at WARNING while reading odd but usable
+# files (pydicom: "Expected explicit VR, but found implicit VR"): their records, and their
+# modules' (``pydicom.pixels.utils``), go to the verbose log, not to the terminal.
+LIBRARY_LOGGERS = ("pydicom",)
 
 
 def configure_logging(verbose: bool) -> None:
@@ -114,15 +118,16 @@ class _RedactRecords(logging.Filter):
 @contextmanager
 def library_output_to_log(redact: Redact | None = None) -> Iterator[None]:
     """What libraries print goes to the log (INFO: shown with ``--verbose``), never straight
-    to the terminal: ITK, GDCM and MetaIO write to file descriptor 2 from C++, numpy warns
-    through Python's ``warnings``. Log records pass through ``redact`` meanwhile."""
+    to the terminal: ITK, GDCM and MetaIO write to file descriptor 2 from C++, numpy and
+    pydicom warn through Python's ``warnings``, pydicom logs to its ``logging`` logger. Log
+    records pass through ``redact`` meanwhile."""
     handlers = [h for h in logging.getLogger().handlers if isinstance(h, logging.StreamHandler)]
     filtered = handlers if redact is not None else []
     record_filter = _RedactRecords(redact or str)
     for handler in filtered:
         handler.addFilter(record_filter)
     try:
-        with warnings.catch_warnings(), _native_stderr_captured(handlers):
+        with warnings.catch_warnings(), _library_loggers_to_log(), _native_stderr_captured(handlers):
             warnings.showwarning = _log_warning
             yield
     finally:
@@ -132,6 +137,34 @@ def library_output_to_log(redact: Redact | None = None) -> Iterator[None]:
 
 def _log_warning(message: Warning | str, category: type[Warning], *_: Any, **__: Any) -> None:
     log.info("library warning: %s: %s", category.__name__, message)
+
+
+class _ToVerboseLog(logging.Handler):
+    """A library's log record, whatever its level, logged again here at INFO."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            log.info("library log: %s: %s", record.name, record.getMessage())
+        except Exception:  # a record whose message cannot be formatted is dropped, never raised
+            log.info("library log: %s: (a message that could not be formatted)", record.name)
+
+
+@contextmanager
+def _library_loggers_to_log() -> Iterator[None]:
+    """``LIBRARY_LOGGERS`` (and their children, which propagate to them) stop propagating to
+    the root logger's terminal handler; a handler logs their records again at INFO."""
+    handler = _ToVerboseLog()
+    loggers = [logging.getLogger(name) for name in LIBRARY_LOGGERS]
+    saved = [lg.propagate for lg in loggers]
+    for lg in loggers:
+        lg.addHandler(handler)
+        lg.propagate = False
+    try:
+        yield
+    finally:
+        for lg, propagate in zip(loggers, saved, strict=True):
+            lg.removeHandler(handler)
+            lg.propagate = propagate
 
 
 @contextmanager

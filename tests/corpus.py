@@ -770,6 +770,10 @@ SAMPLE = (
     "nibabel/file/example4d.nii.gz",
     "pynrrd/gzip/anatomical.nii",
     "nibabel-mha/standard.nii.gz",
+    # pydicom warns (logging and warnings) while the headers are scanned: still one line
+    "pydicom/file/SC_rgb_jpeg.dcm",
+    "pydicom/stack/SC_rgb_jpeg.dcm",
+    "pydicom-data/file/bad_sequence.dcm",
 )
 
 

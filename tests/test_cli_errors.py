@@ -9,6 +9,7 @@ never reaches the terminal.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +21,7 @@ import SimpleITK as sitk
 import typer
 from dicom_factory import head_like_volume, write_series
 from imaging_fixtures import error_line, run_cli
+from pydicom.data import get_testdata_file
 
 from imaging.deid import pseudonym
 from imaging.errors import InputError
@@ -172,30 +174,55 @@ def test_zero_image_orientation_is_named_without_a_numpy_warning(tmp_path: Path)
 
 
 _NOISY = """
-import os, sys, warnings
+import logging, os, sys, warnings
 from scrubin.console import configure_logging, library_output_to_log
 configure_logging(verbose=sys.argv[1] == "-v")
 with library_output_to_log():
     os.write(2, b"MetaImage: M_ReadElementsData: data not read completely\\n")  # as C++ writes it
     warnings.warn("invalid value encountered in divide", RuntimeWarning)
+    logging.getLogger("pydicom").warning("Expected explicit VR, but found implicit VR")  # as pydicom logs
+    logging.getLogger("pydicom.pixels.utils").warning("a pixel data warning")  # its modules' loggers too
+logging.getLogger("pydicom").warning("after the command")  # pydicom's logger is left as it was
 print("error: the one line", file=sys.stderr)  # as one_line_errors prints it, after the command
 """
 
 
 @pytest.mark.parametrize("verbose", [False, True])
 def test_library_output_goes_to_the_log_only(verbose: bool) -> None:
-    """What C++ libraries write to fd 2 and numpy warnings: in the verbose log, never raw."""
+    """What C++ libraries write to fd 2, numpy warnings and pydicom's log records: in the
+    verbose log, never raw."""
     flag = "-v" if verbose else "-q"
     result = subprocess.run([sys.executable, "-c", _NOISY, flag], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     lines = result.stderr.splitlines()
-    assert lines[-1] == "error: the one line"
+    assert lines[-2:] == [ln for ln in lines if "after the command" in ln] + ["error: the one line"]
+    assert "WARNING pydicom: after the command" in lines[-2]
     assert not any(ln.startswith("MetaImage") or "RuntimeWarning:" in ln and "library" not in ln for ln in lines)
+    assert not any("WARNING pydicom" in ln for ln in lines[:-2]), result.stderr
     logged = [ln for ln in lines if "INFO scrubin.console: library" in ln]
-    assert len(logged) == (2 if verbose else 0), result.stderr
+    assert len(logged) == (4 if verbose else 0), result.stderr
     if verbose:
         assert "library output: MetaImage: M_ReadElementsData: data not read completely" in result.stderr
         assert "library warning: RuntimeWarning: invalid value encountered in divide" in result.stderr
+        assert "library log: pydicom: Expected explicit VR, but found implicit VR" in result.stderr
+        assert "library log: pydicom.pixels.utils: a pixel data warning" in result.stderr
+
+
+@pytest.mark.parametrize("command", ["prepare", "series"])
+def test_pydicom_warnings_while_scanning_stay_in_the_log(tmp_path: Path, command: str) -> None:
+    """pydicom's own test file makes it warn (through ``logging`` and ``warnings``) while the
+    headers are scanned: the refusal is still exactly one line; ``--verbose`` shows the warning."""
+    folder = tmp_path / "sc"
+    folder.mkdir()
+    shutil.copy(get_testdata_file("SC_rgb_jpeg.dcm"), folder / "IM0001.dcm")
+    args = [command, str(folder)] + (["--out", str(tmp_path / "o")] if command == "prepare" else [])
+    line = error_line(run_cli(*args))
+    skipped = "skipped 1 DICOM object that is not an image slice: OT object without Image Position (Patient) 1"
+    assert line == f"error: <input>: no DICOM image series found ({skipped})"
+    verbose = run_cli("--verbose", *args)
+    assert "library log: pydicom: Expected explicit VR, but found implicit VR" in verbose.stderr
+    assert verbose.stderr.splitlines()[-1] == line
+    assert not (tmp_path / "o").exists()
 
 
 # --- label tables --------------------------------------------------------------------------------

@@ -14,19 +14,6 @@ from pathlib import Path
 import pytest
 from corpus import MODEL, MODEL_MADE, OTHER, REFUSE, REFUSED, SAMPLE, classify, corpus_cases, run_case, sample_cases
 
-# Corpus cases that fail on issue 15's items 4-6 (error printer, library noise, PACS folders,
-# identifiers), which another engineer is fixing: expected to be "anything else" until then.
-# All three: pydicom's "Expected explicit VR, but found implicit VR" / "Invalid value for VR UI"
-# warnings, logged while dicom_series scans the headers, reach stderr beside the one error line
-# (item 4: library noise never reaches the terminal).
-KNOWN_OTHER_ENGINEER: frozenset[str] = frozenset(
-    {
-        "pydicom/file/SC_rgb_jpeg.dcm",
-        "pydicom/stack/SC_rgb_jpeg.dcm",
-        "pydicom-data/file/bad_sequence.dcm",
-    }
-)
-
 
 def test_sample_names_every_kind_of_source_and_defect() -> None:
     cases = sample_cases()
@@ -76,8 +63,6 @@ def test_sample_case(tmp_path: Path, name: str) -> None:
     case = next(c for c in sample_cases() if c.name == name)
     outcome = run_case(case, tmp_path)
     detail = f"{case.name}: exit {outcome.returncode}, stderr {outcome.stderr[-600:]!r}"
-    if case.name in KNOWN_OTHER_ENGINEER:
-        pytest.xfail(f"known, fixed under issue 15 items 4-6: {detail}")
     assert outcome.kind != OTHER, detail
     if case.expect == REFUSE:
         assert outcome.kind == REFUSED, detail
