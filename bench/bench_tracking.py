@@ -44,9 +44,10 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from registration import SurfaceModel, Tracker  # noqa: E402
-from registration.depth import DepthFrame, depth_to_points  # noqa: E402
+from registration.depth import depth_to_points  # noqa: E402
 from registration.frames import F64, invert, se3_exp, se3_log, transform_points  # noqa: E402
 from registration.motion import Persistence  # noqa: E402
+from registration.random_walk import RandomWalk, random_walk_frames  # noqa: E402
 from registration.simulator import HeadsetSimulator, NoiseModel, SimFrame  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
@@ -100,44 +101,18 @@ class Motion:
         self.T, self.ts = T, ts
 
 
-OUTSIDE_SIGMA_MM = 1.0  # depth noise at the working distance
-OUTSIDE_OUTLIERS = 0.05  # share of valid pixels replaced by a random depth
-OUTSIDE_STEP_MM = 3.0  # translation per frame, in a new random direction every frame
-OUTSIDE_STEP_DEG = 0.3  # rotation per frame about the face point, random axis
+OUTSIDE_SIGMA_MM = 1.0  # depth noise at the working distance (0.4 m), no depth bias
+OUTSIDE_WALK = RandomWalk(step_mm=3.0, step_deg=0.3, outliers=0.05)
 
 
 def outside_frames(model: SurfaceModel, n: int, seed: int = 21) -> tuple[list[SimFrame], F64]:
-    """The outside check's sequence: 1 mm depth noise at the working distance (no depth
-    bias), 5 % of the valid pixels replaced by random depths over the frame's depth range
-    (on top of the simulator's hands, instrument, drape and table), and a random walk of
-    the head: every frame a new random 3 mm translation and 0.3 degree rotation, so the
-    constant-velocity prediction is off by ~4 mm each frame. Returns frames and target."""
-    sim = HeadsetSimulator(model, noise=NoiseModel(sigma_mm=OUTSIDE_SIGMA_MM, ref_mm=400.0, bias_per_m=0.0), seed=seed)
-    rng = np.random.default_rng(seed)
-    T = sim.pose(0.0)
-    frames = []
-    for k in range(n):
-        f = sim.render(T, int(round(k * 1e9 / sim.rate_hz)))
-        depth = f.depth.depth.copy()
-        valid = np.flatnonzero(depth)
-        lo, hi = np.percentile(depth.flat[valid].astype(np.float64), [1, 99])
-        bad = rng.choice(valid, int(OUTSIDE_OUTLIERS * len(valid)), replace=False)
-        depth.flat[bad] = rng.uniform(lo, hi, len(bad)).round().astype(depth.dtype)
-        mask = f.model_mask.copy()
-        mask.flat[bad] = False
-        frames.append(SimFrame(DepthFrame(depth, f.depth.intrinsics), f.T_sensor_model, f.timestamp_ns, mask))
-        T = _random_step(rng, transform_points(T, sim.focus[None])[0]) @ T
-    return frames, sim.focus - 40.0 * sim.view_dir
-
-
-def _random_step(rng: np.random.Generator, centre: F64) -> F64:
-    """A rigid step in the sensor frame: OUTSIDE_STEP_DEG about a random axis through
-    ``centre`` (sensor mm) and OUTSIDE_STEP_MM in a random direction."""
-    axis, direction = rng.normal(size=(2, 3))
-    xi = np.concatenate([np.radians(OUTSIDE_STEP_DEG) * axis / np.linalg.norm(axis), np.zeros(3)])
-    E = se3_exp(xi)
-    E[:3, 3] = centre - E[:3, :3] @ centre + OUTSIDE_STEP_MM * direction / np.linalg.norm(direction)
-    return E
+    """The outside check's sequence (registration/random_walk.py): 1 mm depth noise,
+    5 % of the valid pixels replaced by random depths on top of the simulator's
+    occluders, and a random walk of 3 mm and 0.3 degrees per frame, so the last velocity
+    predicts nothing. Returns the frames and the deep target (model mm)."""
+    noise = NoiseModel(sigma_mm=OUTSIDE_SIGMA_MM, ref_mm=400.0, bias_per_m=0.0)
+    sim = HeadsetSimulator(model, noise=noise, seed=seed)
+    return random_walk_frames(sim, n, OUTSIDE_WALK, seed), sim.focus - 40.0 * sim.view_dir
 
 
 def cropped_points(model: SurfaceModel, f: SimFrame, T_pred: F64) -> F64:
@@ -243,8 +218,8 @@ def scenario_frames(name: str, model: SurfaceModel, n: int, sigma: float) -> tup
     if name == "outside":
         frames, target = outside_frames(model, n)
         what = (
-            f"{OUTSIDE_SIGMA_MM:g} mm noise at 0.4 m, {OUTSIDE_OUTLIERS:.0%} random-depth outliers + occluders, "
-            f"random walk {OUTSIDE_STEP_MM:g} mm + {OUTSIDE_STEP_DEG:g} deg per frame"
+            f"{OUTSIDE_SIGMA_MM:g} mm noise at 0.4 m, {OUTSIDE_WALK.outliers:.0%} random-depth outliers + "
+            f"occluders, random walk {OUTSIDE_WALK.step_mm:g} mm + {OUTSIDE_WALK.step_deg:g} deg per frame"
         )
         return frames, target, what
     sim = HeadsetSimulator(model, noise=NoiseModel(sigma_mm=sigma), seed=7)

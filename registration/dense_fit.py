@@ -40,8 +40,9 @@ MIN_AGREEING_NEIGHBOURS = 2  # of the 4 pixel neighbours, for a depth return to 
 AGREE_MM = 4.0  # neighbours agree within this plus ...
 AGREE_SLOPE = 3.0  # ... this many pixel footprints (a surface up to ~70 degrees oblique)
 SCALE_STRIDE = 4  # every 4th residual estimates the robust scale: ample at thousands
-PROBE_EVERY = 8  # every 8th valid pixel is a candidate ray of the free-space check
+PROBE_EVERY = 8  # one pixel in 8 is a candidate ray of the free-space check
 LEVER_MM = 100.0  # a rotation step counts as the motion of a point this far away
+RELOOKUP_MM = 0.25  # correspondences are looked up again after the pose moved this much
 MIN_POINTS = 12  # fewer weighted points than this: no step
 DAMPING = 1e-9  # added to the normal equations' diagonal, as registration/icp.py
 
@@ -106,7 +107,7 @@ def gather_depth(
     """The valid, non-isolated pixels of every ``stride``-th row and column inside
     ``roi`` = (u0, v0, u1, v1) (whole image when None), raster order: those near the
     model at ``T_model_sensor`` with every ``holdout[0]``-th from ``holdout[1]`` on held
-    out, and every :data:`PROBE_EVERY`-th valid pixel as a probe ray."""
+    out, and one pixel in :data:`PROBE_EVERY` (where valid) as a probe ray."""
     depth = np.asarray(frame.depth)
     K = frame.intrinsics
     if depth.shape != (K.height, K.width):
@@ -116,14 +117,13 @@ def gather_depth(
     if r1 <= r0 or c1 <= c0:
         return Gathered(np.zeros((0, 3)), np.zeros((0, 3)), np.zeros((0, 3)))
     sub = depth[r0 * stride : r1 * stride : stride, c0 * stride : c1 * stride : stride]
-    z = np.asarray(sub, dtype=np.float32) * np.float32(frame.depth_unit_mm)
-    z[~((z >= frame.min_mm) & (z <= frame.max_mm))] = np.nan  # NaN compares false: dropped too
+    z = np.asarray(sub, dtype=np.float32) * np.float32(frame.depth_unit_mm)  # a copy: the frame stays as it was
     rays = np.zeros((2, max(z.shape)))
     rays[0, : z.shape[1]] = (np.arange(c0, c1) * stride - K.cx) / K.fx
     rays[1, : z.shape[0]] = (np.arange(r0, r1) * stride - K.cy) / K.fy
-    # Neighbours agree within AGREE_MM plus AGREE_SLOPE pixel footprints (stride d / fx).
-    tol = np.array([AGREE_MM, AGREE_SLOPE * stride / K.fx])
-    fit, hold, probe = np.empty((z.size, 3)), np.empty((z.size, 3)), np.empty((z.size // PROBE_EVERY + 1, 3))
+    # Valid depths, and neighbours agree within AGREE_MM plus AGREE_SLOPE pixel footprints.
+    tol = np.array([frame.min_mm, frame.max_mm, AGREE_MM, AGREE_SLOPE * stride / K.fx])
+    fit, hold, probe = np.empty((z.size, 3)), np.empty((z.size, 3)), np.empty((z.size // PROBE_EVERY + z.shape[0], 3))
     split = np.array(holdout, dtype=np.int64)
     T = np.ascontiguousarray(T_model_sensor)
     counts = _gather(z, rays, T, *surface.args()[:4], surface.box, split, tol, fit, hold, probe)
@@ -162,8 +162,7 @@ def fit_pose(
     scratch = np.empty(len(P) // SCALE_STRIDE + 1)
     info, pivot = np.zeros((6, 6)), np.zeros(3)
     limits = np.array([max_corr_mm, min_corr_mm, tol_mm], dtype=np.float64)
-    c_sensor = P.mean(axis=0)
-    stats = _fit(*surface.args(), P, c_sensor, T, limits, int(iterations), scratch, info, pivot)
+    stats = _fit(*surface.args(), P, T, limits, int(iterations), scratch, info, pivot)
     return IcpResult(T, info, pivot, float(stats[0]), int(stats[1]), int(stats[2]), bool(stats[3]))
 
 
@@ -226,22 +225,41 @@ def _rms_radius(P):  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True, inline="always")
-def _to_model(T, x, y, z):  # type: ignore[no-untyped-def]
+def _to_model(M, x, y, z):  # type: ignore[no-untyped-def]
+    """M (x, y, z): ``M`` is a pose's top 3x4 rows as a 12-tuple (see :func:`_rows`)."""
     return (
-        T[0, 0] * x + T[0, 1] * y + T[0, 2] * z + T[0, 3],
-        T[1, 0] * x + T[1, 1] * y + T[1, 2] * z + T[1, 3],
-        T[2, 0] * x + T[2, 1] * y + T[2, 2] * z + T[2, 3],
+        M[0] * x + M[1] * y + M[2] * z + M[3],
+        M[4] * x + M[5] * y + M[6] * z + M[7],
+        M[8] * x + M[9] * y + M[10] * z + M[11],
     )
 
 
 @njit(cache=True, inline="always")
-def _cell(cells, dims, offset, inv, x, y, z):  # type: ignore[no-untyped-def]
-    """Nearest-vertex index of a model-frame point from the grid; -1 off the band (the
-    grid's border cells are -1, so clipping needs no bounds test)."""
-    i = min(max(int(x * inv + offset[0]), 0), dims[0] - 1)
-    j = min(max(int(y * inv + offset[1]), 0), dims[1] - 1)
-    k = min(max(int(z * inv + offset[2]), 0), dims[2] - 1)
-    return cells[(i * dims[1] + j) * dims[2] + k]
+def _rows(T):  # type: ignore[no-untyped-def]
+    """The top 3x4 of a 4x4 pose as a tuple: held in registers through a loop, where the
+    array would be read again after every store (Numba cannot tell they do not alias)."""
+    return (
+        T[0, 0], T[0, 1], T[0, 2], T[0, 3],
+        T[1, 0], T[1, 1], T[1, 2], T[1, 3],
+        T[2, 0], T[2, 1], T[2, 2], T[2, 3],
+    )  # fmt: skip
+
+
+@njit(cache=True, inline="always")
+def _cell(cells, G, x, y, z):  # type: ignore[no-untyped-def]
+    """Nearest-vertex index of a model-frame point from the grid (``G``: see :func:`_grid`);
+    -1 off the band (the grid's border cells are -1: clipping needs no bounds test)."""
+    i = min(max(int(x * G[0] + G[1]), 0), G[4] - 1)
+    j = min(max(int(y * G[0] + G[2]), 0), G[5] - 1)
+    k = min(max(int(z * G[0] + G[3]), 0), G[6] - 1)
+    return cells[(i * G[5] + j) * G[6] + k]
+
+
+@njit(cache=True, inline="always")
+def _grid(dims, offset, cell_mm):  # type: ignore[no-untyped-def]
+    """The grid's scalars as a tuple (1 / cell, offset x y z, dims x y z), for the same
+    reason as :func:`_rows`."""
+    return (1.0 / cell_mm, offset[0], offset[1], offset[2], dims[0], dims[1], dims[2])
 
 
 @njit(cache=True, inline="always")
@@ -267,11 +285,11 @@ def _in_box(box, x, y, z):  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True, inline="always")
-def _near(T, cells, dims, offset, inv, box, x, y, z):  # type: ignore[no-untyped-def]
-    """Whether a sensor point lies in the model's band at T (box test first: most
+def _near(M, cells, G, box, x, y, z):  # type: ignore[no-untyped-def]
+    """Whether a sensor point lies in the model's band at pose ``M`` (box test first: most
     background points need no grid read)."""
-    px, py, pz = _to_model(T, x, y, z)
-    return _in_box(box, px, py, pz) and _cell(cells, dims, offset, inv, px, py, pz) >= 0
+    px, py, pz = _to_model(M, x, y, z)
+    return _in_box(box, px, py, pz) and _cell(cells, G, px, py, pz) >= 0
 
 
 @njit(cache=True, inline="always")
@@ -287,47 +305,51 @@ def _put(fit, hold, n_fit, n_hold, until, every, x, y, z):  # type: ignore[no-un
 
 @njit(cache=True)
 def _gather(z, rays, T, cells, dims, offset, cell_mm, box, split, tol, fit, hold, probe):  # type: ignore[no-untyped-def]
-    """``z``: depth in mm (NaN where invalid); ``rays``: per column (row 0) and row (row 1)
-    the pixel's x / z and y / z; ``tol``: the speckle test's (mm, mm per mm of depth).
+    """``z``: depth (mm); ``rays``: per column (row 0) and row (row 1) the pixel's x / z
+    and y / z; ``tol``: valid depths (min, max mm) and the speckle test's tolerance (mm,
+    mm per mm of depth).
 
-    Two passes: the raster pass keeps the pixels inside the model's box (arithmetic
-    only); the grid is read in a second pass over those, where no branch waits on a
-    cache miss, so the misses overlap (reading it in the raster pass costs 5x more)."""
-    inv = 1.0 / cell_mm
+    Three passes, each without a branch that waits on memory: the probes (one pixel in
+    PROBE_EVERY, on a diagonal lattice); the pixels inside the model's box (arithmetic
+    only, kept without a branch); the grid reads for those, whose cache misses then
+    overlap (reading the grid in the raster pass costs five times more)."""
+    M, G = _rows(T), _grid(dims, offset, cell_mm)
+    z_lo, z_hi, t0, t1 = tol[0], tol[1], tol[2], tol[3]
     n_probe = 0
+    for i in range(z.shape[0]):
+        for j in range(i % PROBE_EVERY, z.shape[1], PROBE_EVERY):
+            d = z[i, j]
+            if d >= z_lo and d <= z_hi and _coherent(z, i, j, d, t0, t1):  # NaN fails
+                probe[n_probe, 0], probe[n_probe, 1], probe[n_probe, 2] = rays[0, j] * d, rays[1, i] * d, d
+                n_probe += 1
     rows, cols = np.empty(z.size, dtype=np.int32), np.empty(z.size, dtype=np.int32)  # in-box pixels
-    n_box = n_valid = 0
+    n_box = 0
+    lo_x, lo_y, lo_z, hi_x, hi_y, hi_z = box[0, 0], box[0, 1], box[0, 2], box[1, 0], box[1, 1], box[1, 2]
     for i in range(z.shape[0]):
         ry = rays[1, i]
         for j in range(z.shape[1]):
             d = z[i, j]
-            if not d > 0.0:  # NaN too
-                continue
-            x, y = rays[0, j] * d, ry * d
-            if n_valid % PROBE_EVERY == 0 and _coherent(z, i, j, d, tol):
-                probe[n_probe, 0], probe[n_probe, 1], probe[n_probe, 2] = x, y, d
-                n_probe += 1
-            n_valid += 1
-            px, py, pz = _to_model(T, x, y, d)
-            if _in_box(box, px, py, pz):
-                rows[n_box], cols[n_box] = i, j
-                n_box += 1
+            px, py, pz = _to_model(M, rays[0, j] * d, ry * d, d)
+            rows[n_box], cols[n_box] = i, j
+            # & not and: no branches to mispredict at the edges of the head (NaN: False).
+            keep = (d >= z_lo) & (d <= z_hi) & (lo_x <= px) & (px <= hi_x) & (lo_y <= py) & (py <= hi_y)
+            n_box += keep & (lo_z <= pz) & (pz <= hi_z)
     n_fit, n_hold, until = 0, 0, split[1]
     for m in range(n_box):
         i, j = rows[m], cols[m]
         d = z[i, j]
         x, y = rays[0, j] * d, rays[1, i] * d
-        px, py, pz = _to_model(T, x, y, d)
-        if _cell(cells, dims, offset, inv, px, py, pz) >= 0 and _coherent(z, i, j, d, tol):
+        px, py, pz = _to_model(M, x, y, d)
+        if _cell(cells, G, px, py, pz) >= 0 and _coherent(z, i, j, d, t0, t1):
             n_fit, n_hold, until = _put(fit, hold, n_fit, n_hold, until, split[0], x, y, d)
     return n_fit, n_hold, n_probe
 
 
 @njit(cache=True, inline="always")
-def _coherent(z, i, j, d, tol):  # type: ignore[no-untyped-def]
+def _coherent(z, i, j, d, t0, t1):  # type: ignore[no-untyped-def]
     """Whether at least MIN_AGREEING_NEIGHBOURS of pixel (i, j)'s four neighbours have a
-    depth within tol[0] + tol[1] d of its depth ``d``: not an isolated return."""
-    t = tol[0] + tol[1] * d
+    depth within t0 + t1 d of its depth ``d``: not an isolated return."""
+    t = t0 + t1 * d
     agree = _agrees(z, i - 1, j, d, t) + _agrees(z, i + 1, j, d, t)
     agree += _agrees(z, i, j - 1, d, t) + _agrees(z, i, j + 1, d, t)
     return agree >= MIN_AGREEING_NEIGHBOURS
@@ -335,10 +357,10 @@ def _coherent(z, i, j, d, tol):  # type: ignore[no-untyped-def]
 
 @njit(cache=True)
 def _split_near(P, T, cells, dims, offset, cell_mm, box, split, fit, hold):  # type: ignore[no-untyped-def]
-    inv = 1.0 / cell_mm
+    M, G = _rows(T), _grid(dims, offset, cell_mm)
     n_fit, n_hold, until = 0, 0, split[1]
     for m in range(P.shape[0]):
-        if _near(T, cells, dims, offset, inv, box, P[m, 0], P[m, 1], P[m, 2]):
+        if _near(M, cells, G, box, P[m, 0], P[m, 1], P[m, 2]):
             n_fit, n_hold, until = _put(fit, hold, n_fit, n_hold, until, split[0], P[m, 0], P[m, 1], P[m, 2])
     return n_fit, n_hold
 
@@ -347,12 +369,12 @@ def _split_near(P, T, cells, dims, offset, cell_mm, box, split, fit, hold):  # t
 def _robust_scale(cells, dims, offset, cell_mm, table, P, T, gate, scratch):  # type: ignore[no-untyped-def]
     """1.4826 x the median |residual| of every SCALE_STRIDE-th point within ``gate``
     (see :func:`_scale`): the scale of the first iteration's weights."""
-    inv = 1.0 / cell_mm
+    M, G = _rows(T), _grid(dims, offset, cell_mm)
     tan_lim2 = max(2.0 * cell_mm, 0.5 * gate) ** 2
     k = 0
     for m in range(0, P.shape[0], SCALE_STRIDE):
-        x, y, z = _to_model(T, P[m, 0], P[m, 1], P[m, 2])
-        v = _cell(cells, dims, offset, inv, x, y, z)
+        x, y, z = _to_model(M, P[m, 0], P[m, 1], P[m, 2])
+        v = _cell(cells, G, x, y, z)
         if v < 0:
             continue
         r, tan2 = _plane(table, v, x, y, z)
@@ -372,7 +394,7 @@ def _scale(scratch, k):  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True)
-def _accumulate(cells, dims, offset, cell_mm, table, P, T, c, gate, tukey, A, H, b, scratch):  # type: ignore[no-untyped-def]
+def _accumulate(cells, dims, offset, cell_mm, table, P, T, c, gate, tukey, A, H, b, scratch, corr, fresh):  # type: ignore[no-untyped-def]
     """Normal equations (H, b) of the points' plane residuals, with Tukey
     biweights at ``tukey`` mm, for increments (omega, v) about ``c``: the residual's
     Jacobian is ((x - c) x n, n). A point whose vertex lies more than max(2 cells,
@@ -380,21 +402,31 @@ def _accumulate(cells, dims, offset, cell_mm, table, P, T, c, gate, tukey, A, H,
     Every SCALE_STRIDE-th |residual| within ``gate`` goes to ``scratch`` for the next
     iteration's scale. Returns the weighted count and the count in ``scratch``.
 
+    Correspondences: when ``fresh``, each point's vertex row (position, normal) is read
+    through the grid and copied to ``corr`` (N, 6; NaN off the band); otherwise the
+    rows in ``corr`` are reused, read in order instead of at random (see :func:`_fit`).
+
     One pass writes sqrt(w) (J, r) per weighted point into the columns of ``A`` (7, N);
     the sums are then SIMD dot products over its rows (:func:`_gram`): three times
     cheaper than 27 running sums per point."""
-    inv = 1.0 / cell_mm
+    M, G = _rows(T), _grid(dims, offset, cell_mm)
     tan_w2 = max(2.0 * cell_mm, 0.5 * tukey) ** 2
     tan_g2 = max(2.0 * cell_mm, 0.5 * gate) ** 2
     inv_t2 = 1.0 / (tukey * tukey)
     cx, cy, cz = c[0], c[1], c[2]
     used = k = visited = 0
     for m in range(P.shape[0]):
-        x, y, z = _to_model(T, P[m, 0], P[m, 1], P[m, 2])
-        v = _cell(cells, dims, offset, inv, x, y, z)
-        if v < 0:
+        x, y, z = _to_model(M, P[m, 0], P[m, 1], P[m, 2])
+        if fresh:
+            v = _cell(cells, G, x, y, z)
+            if v < 0:
+                corr[m, 0] = np.nan
+                continue
+            for q in range(6):
+                corr[m, q] = table[v, q]
+        elif math.isnan(corr[m, 0]):  # off the band when last looked up
             continue
-        r, tan2 = _plane(table, v, x, y, z)
+        r, tan2 = _plane(corr, m, x, y, z)
         visited += 1
         if visited % SCALE_STRIDE == 0 and abs(r) < gate and tan2 < tan_g2:
             scratch[k] = abs(r)
@@ -403,7 +435,7 @@ def _accumulate(cells, dims, offset, cell_mm, table, P, T, c, gate, tukey, A, H,
         if u2 >= 1.0 or tan2 >= tan_w2:
             continue
         s = 1.0 - u2  # sqrt of Tukey's biweight (1 - u^2)^2
-        nx, ny, nz = table[v, 3], table[v, 4], table[v, 5]
+        nx, ny, nz = corr[m, 3], corr[m, 4], corr[m, 5]
         A[0, used] = s * ((y - cy) * nz - (z - cz) * ny)
         A[1, used] = s * ((z - cz) * nx - (x - cx) * nz)
         A[2, used] = s * ((x - cx) * ny - (y - cy) * nx)
@@ -450,11 +482,20 @@ def _move(T, xi, c):  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True)
-def _fit(cells, dims, offset, cell_mm, table, P, c_sensor, T, limits, iterations, scratch, info, pivot):  # type: ignore[no-untyped-def]
+def _fit(cells, dims, offset, cell_mm, table, P, T, limits, iterations, scratch, info, pivot):  # type: ignore[no-untyped-def]
     gate, min_gate, tol = limits[0], limits[1], limits[2]
-    H, b, A = np.empty((6, 6)), np.empty(6), np.empty((7, P.shape[0]))
+    sx = sy = sz = 0.0
+    for m in range(P.shape[0]):
+        sx, sy, sz = sx + P[m, 0], sy + P[m, 1], sz + P[m, 2]
+    n = max(P.shape[0], 1)
+    centre = (sx / n, sy / n, sz / n)  # the points' centroid, sensor frame
+    H, b, A, corr = np.empty((6, 6)), np.empty(6), np.empty((7, P.shape[0])), np.empty((P.shape[0], 6))
     damping = DAMPING * np.eye(6)
     used, it, converged = 0, 0, False
+    # Correspondences are looked up again once the pose has moved RELOOKUP_MM since the
+    # last lookup: smaller moves change few points' grid cells, and the vertices of
+    # neighbouring cells lie on nearly the same plane.
+    since_lookup = np.inf
     # Weights use the scale of the previous iteration's residuals (the first: of a pass
     # of their own), so that one pass over the points makes a step.
     sigma = _robust_scale(cells, dims, offset, cell_mm, table, P, T, gate, scratch)
@@ -462,15 +503,19 @@ def _fit(cells, dims, offset, cell_mm, table, P, c_sensor, T, limits, iterations
         if not np.isfinite(sigma):
             used = 0
             break
-        c = np.array(_to_model(T, c_sensor[0], c_sensor[1], c_sensor[2]))
+        c = np.array(_to_model(_rows(T), centre[0], centre[1], centre[2]))
         # Tukey's biweight at TUKEY_C sigma, never wider than the correspondence gate.
         tukey = min(gate, TUKEY_C * sigma)
-        used, k = _accumulate(cells, dims, offset, cell_mm, table, P, T, c, gate, tukey, A, H, b, scratch)
+        fresh = since_lookup > RELOOKUP_MM
+        if fresh:
+            since_lookup = 0.0
+        used, k = _accumulate(cells, dims, offset, cell_mm, table, P, T, c, gate, tukey, A, H, b, scratch, corr, fresh)
         if used < MIN_POINTS:
             break
         info[:, :] = H
         pivot[:] = c
         moved = _move(T, -np.linalg.solve(H + damping, b), c)
+        since_lookup += moved
         sigma = _scale(scratch, k)
         # The gate shrinks (never grows: clutter stays out) to 4 sigma, not below min_gate.
         new_gate = min(gate, max(min_gate, 4.0 * sigma, 0.5 * gate))
@@ -484,12 +529,12 @@ def _fit(cells, dims, offset, cell_mm, table, P, c_sensor, T, limits, iterations
 
 @njit(cache=True)
 def _inliers(T, cells, dims, offset, cell_mm, table, P, inlier_mm):  # type: ignore[no-untyped-def]
-    inv = 1.0 / cell_mm
+    M, G = _rows(T), _grid(dims, offset, cell_mm)
     full_lim2 = (inlier_mm + cell_mm) ** 2
     n_in, sum_sq = 0, 0.0
     for m in range(P.shape[0]):
-        x, y, z = _to_model(T, P[m, 0], P[m, 1], P[m, 2])
-        v = _cell(cells, dims, offset, inv, x, y, z)
+        x, y, z = _to_model(M, P[m, 0], P[m, 1], P[m, 2])
+        v = _cell(cells, G, x, y, z)
         if v < 0:
             continue
         r, tan2 = _plane(table, v, x, y, z)
