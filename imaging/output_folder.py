@@ -3,7 +3,7 @@
 A folder is replaced only when its own ``manifest.json`` shows it is a complete scrubin
 model: the schema, its file list, and every listed file's size and sha256 match. Never the
 input, a folder above an input or one inside an input folder; never a folder holding a file
-or folder its manifest does not list (they are named in the refusal). ``force`` lets a
+or folder its manifest does not list (named in the refusal as paths under ``out``). ``force`` lets a
 scrubin model whose listed files were changed or removed be replaced, nothing else.
 
 The check runs before any work and again just before the swap, and the old model is
@@ -56,7 +56,9 @@ def check_destination(out: Path, inputs: Sequence[Path | None] = (), *, force: b
         return
     model = inspect_model(out)
     if model.unlisted:
-        names = ", ".join(model.unlisted[:MAX_NAMED])
+        # Quoted as paths under ``out``, never as bare names: a foreign folder's file names can
+        # carry a patient's name, and the CLI names paths by role and number (<out>/#3).
+        names = ", ".join(str(out / name) for name in model.unlisted[:MAX_NAMED])
         more = f" and {len(model.unlisted) - MAX_NAMED} more" if len(model.unlisted) > MAX_NAMED else ""
         plural = "file" if len(model.unlisted) == 1 else "files"
         msg = (

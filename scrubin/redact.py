@@ -3,8 +3,8 @@
 A folder exported from PACS is often named after the patient, and its files after DICOM
 UIDs. Messages from the libraries quote paths as given, so the command line's own paths are
 replaced where they appear: ``<input>`` (and ``<input>/#12``, the 12th entry of the folder
-in name order), ``<labels>``, ``<label-names>``, ``<out>``. Anything shaped like a DICOM UID
-becomes its keyed pseudonym (``uid-<16 hex>``, see ``imaging.deid``). ``show_paths`` keeps
+in name order; ``<out>/#3/#1``, the first entry of its third), ``<labels>``,
+``<label-names>``, ``<out>``. Anything shaped like a DICOM UID becomes its keyed pseudonym (``uid-<16 hex>``, see ``imaging.deid``). ``show_paths`` keeps
 the paths for an operator on a local terminal; UIDs are never shown.
 """
 
@@ -30,10 +30,12 @@ class _Root:
     alias: str
     path: Path
     _children: list[str] | None = field(default=None, repr=False)
+    _folders: dict[str, _Root] = field(default_factory=dict, repr=False)
 
-    def children(self) -> list[str]:
-        """Entries of the folder in name order (empty for a file or an unreadable folder)."""
-        if self._children is None:
+    def children(self, *, fresh: bool = False) -> list[str]:
+        """Entries of the folder in name order (empty for a file or an unreadable folder);
+        listed once, and again when ``fresh`` (an entry made since)."""
+        if self._children is None or fresh:
             try:
                 self._children = sorted(p.name for p in self.path.iterdir()) if self.path.is_dir() else []
             except OSError:
@@ -41,16 +43,24 @@ class _Root:
         return self._children
 
     def child_at(self, text: str, pos: int) -> tuple[str, int]:
-        """(label, end) of ``/child`` at ``text[pos:]``: ``/#N`` for an entry of the folder,
-        ``/...`` for anything else; ("", pos) when no ``/`` follows."""
+        """(label, end) of ``/child`` at ``text[pos:]``: ``/#N`` for an entry of the folder
+        (``/#N/#M`` for an entry of that entry, and so on), ``/...`` for anything else; ("",
+        pos) when no ``/`` follows."""
         if not text.startswith("/", pos):
             return "", pos
-        for index, name in sorted(enumerate(self.children(), start=1), key=lambda c: -len(c[1])):
-            end = pos + 1 + len(name)
-            if text.startswith(name, pos + 1) and re.match(_AFTER, text[end:]):
-                return f"/#{index}", end
+        for fresh in (False, True):
+            for index, name in sorted(enumerate(self.children(fresh=fresh), start=1), key=lambda c: -len(c[1])):
+                end = pos + 1 + len(name)
+                if text.startswith(name, pos + 1) and re.match(_AFTER, text[end:]):
+                    inner, end = self._folder(name).child_at(text, end)
+                    return f"/#{index}{inner}", end
         rest = re.match(r"/[^\s:'\"]*", text[pos:])
         return "/...", pos + (rest.end() if rest else 1)
+
+    def _folder(self, name: str) -> _Root:
+        if name not in self._folders:
+            self._folders[name] = _Root(f"{self.alias}/{name}", self.path / name)
+        return self._folders[name]
 
 
 class Redactor:

@@ -29,6 +29,17 @@ def test_the_input_and_its_files_are_named_by_role_and_number(patient: Path) -> 
     assert redact(f"{patient}/deeper/x y") == "<input>/... y"
 
 
+def test_entries_inside_entries_and_entries_made_later_are_numbered_too(tmp_path: Path) -> None:
+    out = tmp_path / "model"
+    (out / "Doe_Jane").mkdir(parents=True)
+    (out / "Doe_Jane" / "Doe Jane 1971.dcm").write_bytes(b"x")
+    redact = Redactor.for_paths(out=out)
+    assert redact(f"({out}/Doe_Jane/Doe Jane 1971.dcm, x)") == "(<out>/#1/#1, x)"  # a space in a name too
+    (out / "Doe_John_1970.dcm").write_bytes(b"x")  # after the folder was first listed
+    assert redact(f"{out}/Doe_John_1970.dcm: kept") == "<out>/#2: kept"
+    assert redact(f"{out}/Doe_Jane/absent/Doe: x") == "<out>/#1/...: x"
+
+
 def test_every_spelling_of_a_path_is_recognised(patient: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(patient.parent)
     relative = Path(patient.name)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -134,10 +135,37 @@ def test_unlisted_files_are_named_and_never_replaced_even_with_force(tmp_path: P
     before = _snapshot(out)
     for force in (False, True):
         with pytest.raises(
-            OutputError, match=r"model: holds 2 files? its manifest does not list \(notes\.txt, scan/IM0001\.dcm\)"
+            OutputError,
+            match=rf"model: holds 2 files its manifest does not list \({re.escape(f'{out}/notes.txt, {out}/scan/IM0001.dcm')}\)",
         ):
             _model(out, PrepareOptions(segments=("skin",), triangle_budget=2_000, force=force))
     assert _snapshot(out) == before
+
+
+def test_cli_names_unlisted_files_by_number_unless_show_paths(tmp_path: Path) -> None:
+    """--out pointed at a folder holding another patient's files: the refusal names them by
+    role and number (their names can carry the patient's name), the real names only with
+    --show-paths; nothing else is printed."""
+    ct = _ct(tmp_path / "ct")
+    out = tmp_path / "model"
+    _model(out)
+    (out / "Doe_John_1970.dcm").write_bytes(b"another patient")
+    (out / "Doe_Jane").mkdir()
+    (out / "Doe_Jane" / "Doe_Jane_1971.dcm").write_bytes(b"and another")
+    before = _snapshot(out)
+    args = ["prepare", str(ct), "--out", str(out), "--segments", "skin"]
+    result = run_cli(*args)
+    # entries of --out in name order: #1 Doe_Jane (its #1 Doe_Jane_1971.dcm), #2 Doe_John_1970.dcm
+    assert (result.returncode, result.stdout) == (2, "\n")  # stdout: the transient progress bar's line end
+    assert result.stderr == (
+        "error: <out>: holds 2 files its manifest does not list (<out>/#1/#1, <out>/#2); "
+        "refusing to replace it (move them elsewhere, or choose another --out)\n"
+    )
+    shown = run_cli(*args, "--show-paths")
+    assert (shown.returncode, shown.stdout) == (2, "\n")
+    assert f"({out}/Doe_Jane/Doe_Jane_1971.dcm, {out}/Doe_John_1970.dcm)" in error_line(shown)
+    assert _snapshot(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ct", "model"]
 
 
 def test_unlisted_empty_folder_and_symlink_are_named(tmp_path: Path) -> None:
@@ -145,7 +173,7 @@ def test_unlisted_empty_folder_and_symlink_are_named(tmp_path: Path) -> None:
     _model(out)
     (out / "keep").mkdir()
     (out / "link.glb").symlink_to(tmp_path)
-    with pytest.raises(OutputError, match=r"\(keep, link\.glb\)"):
+    with pytest.raises(OutputError, match=rf"\({re.escape(f'{out}/keep, {out}/link.glb')}\)"):
         check_destination(out, (), force=True)
 
 
@@ -219,7 +247,9 @@ def test_files_added_while_preparing_are_never_replaced(tmp_path: Path) -> None:
         if stage == "write":
             (out / "late.dcm").write_bytes(b"copied in while meshing")
 
-    with pytest.raises(OutputError, match=r"holds 1 file its manifest does not list \(late\.dcm\)"):
+    with pytest.raises(
+        OutputError, match=rf"holds 1 file its manifest does not list \({re.escape(f'{out}/late.dcm')}\)"
+    ):
         prepare_volume(_volume(), out, SMALL, study_id="study-test", timer=_Timer(drop_a_file))
     assert (out / "late.dcm").read_bytes() == b"copied in while meshing"
     assert json.loads((out / "manifest.json").read_text())["kind"] == "scrubin.patient_model"
