@@ -11,7 +11,8 @@ from its header, before any pixel is read.
 Enforcement: a header can lie (a 22 KB zlib stream inflates to gigabytes) and an estimate is
 only an estimate, so ``run_within_budget`` runs the pipeline in a forked child and polls its
 resident set every ``WATCH_INTERVAL_S``; over the budget, the child is killed and the caller
-gets one ``InputError`` line. The prepare pipeline uses no OpenMP (which does not survive
+gets one ``InputError`` line; a ``cleanup`` given by the caller then removes what the killed
+child left (``prepare``: its staging folder beside ``--out``). The prepare pipeline uses no OpenMP (which does not survive
 ``fork`` in a process that used it before); ITK's platform threads and VTK's do.
 """
 
@@ -80,7 +81,11 @@ Calls = Mapping[str, Callable[..., None] | None]
 
 
 def run_within_budget(
-    where: object, budget_bytes: int, fn: Callable[[dict[str, Callable[..., None]]], T], calls: Calls
+    where: object,
+    budget_bytes: int,
+    fn: Callable[[dict[str, Callable[..., None]]], T],
+    calls: Calls,
+    cleanup: Callable[[int], object] | None = None,
 ) -> T:
     """``fn(proxies)`` computed in a forked child whose resident memory is held under
     ``budget_bytes``; its result must pickle.
@@ -88,6 +93,8 @@ def run_within_budget(
     ``calls`` are the caller's callbacks (progress, series choice...): the child gets proxies
     with the same names, and each call is made here in the caller's process, in order.
     ImagingError and other exceptions raised in the child are raised again here.
+    ``cleanup(pid)`` runs once the child has ended, however it ended, and before it is reaped
+    (so its id is nobody else's yet): to remove what a killed child could not.
     """
     if not hasattr(os, "fork") or os.environ.get(DISABLE_ENV):
         return fn({name: call or _ignore for name, call in calls.items()})
@@ -101,13 +108,19 @@ def run_within_budget(
     os.close(write_fd)
     interrupted = False
     try:
-        return cast(T, _watch(where, pid, read_fd, budget_bytes, calls))
+        outcome = _watch(where, pid, read_fd, budget_bytes, calls)
     except KeyboardInterrupt:
         interrupted = True  # the child got the same Ctrl-C: let it remove its staging folder
         raise
     finally:
         os.close(read_fd)
-        _stop(pid, INTERRUPT_GRACE_S if interrupted else 0.0)
+        status = _stop(pid, INTERRUPT_GRACE_S if interrupted else 0.0, cleanup)
+    if outcome is _NO_RESULT:
+        raise _no_result(where, status)
+    return cast(T, outcome)
+
+
+_NO_RESULT = object()  # the child ended without sending a result
 
 
 def _ignore(*_args: object) -> None:
@@ -171,7 +184,7 @@ def _watch(where: object, pid: int, fd: int, budget_bytes: int, calls: Calls) ->
             continue
         chunk = os.read(fd, 1 << 20)
         if not chunk:
-            break
+            return _NO_RESULT
         buffer += chunk
         while len(buffer) >= _HEADER.size and len(buffer) >= _HEADER.size + _HEADER.unpack_from(buffer)[0]:
             size = _HEADER.unpack_from(buffer)[0]
@@ -187,12 +200,13 @@ def _watch(where: object, pid: int, fd: int, budget_bytes: int, calls: Calls) ->
             if kind == "ok":
                 return value
             raise value
-    _, status = os.waitpid(pid, 0)
+
+
+def _no_result(where: object, status: int) -> InputError:
+    """The error for a child that ended (``os.waitpid`` status) without a result."""
     if (name := killed_by(status)) is not None:
-        msg = f"{where}: processing crashed ({name}) before finishing"
-    else:
-        msg = f"{where}: processing stopped without a result (exit status {os.waitstatus_to_exitcode(status)})"
-    raise InputError(msg)
+        return InputError(f"{where}: processing crashed ({name}) before finishing")
+    return InputError(f"{where}: processing stopped without a result (exit status {os.waitstatus_to_exitcode(status)})")
 
 
 def _resident_bytes(pid: int) -> int:
@@ -204,15 +218,25 @@ def _resident_bytes(pid: int) -> int:
         return 0
 
 
-def _stop(pid: int, grace_s: float) -> None:
-    """Reap the child; kill it first if it still runs after ``grace_s`` (budget, or an
-    exception here)."""
+def _stop(pid: int, grace_s: float, cleanup: Callable[[int], object] | None) -> int:
+    """Kill the child if it still runs after ``grace_s`` (budget, or an exception here);
+    once it has ended, ``cleanup(pid)``, then reap it. Its ``os.waitpid`` status."""
     deadline = time.monotonic() + grace_s
+    while not _ended(pid) and time.monotonic() < deadline:
+        select.select([], [], [], WATCH_INTERVAL_S)
+    if not _ended(pid):
+        os.kill(pid, signal.SIGKILL)
+    os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)  # ended, still unreaped: its id is still its own
     try:
-        while (done := os.waitpid(pid, os.WNOHANG)[0]) == 0 and time.monotonic() < deadline:
-            select.select([], [], [], WATCH_INTERVAL_S)
-        if done == 0:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-    except ChildProcessError:
-        pass  # already reaped by _watch
+        if cleanup is not None:
+            cleanup(pid)
+    except Exception:  # the run's own outcome is what the caller must hear about
+        log.warning("cleaning up after the prepare child failed", exc_info=True)
+    finally:
+        status = os.waitpid(pid, 0)[1]
+    return status
+
+
+def _ended(pid: int) -> bool:
+    """Whether the child has ended (without reaping it)."""
+    return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None

@@ -16,6 +16,7 @@ import functools
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -29,6 +30,9 @@ from imaging.manifest import MANIFEST_KIND, MANIFEST_NAME, SCHEMA_VERSION, sha25
 log = logging.getLogger(__name__)
 
 STAGING_PREFIX = ".scrubin-staging-"  # never the --out name: that can carry a patient's name
+# What follows the prefix and the process id in a staging folder's name: mkdtemp's random part
+# (letters, digits, "_"); the previous model moved aside during a swap adds "-old".
+_STAGING_RANDOM = r"[a-z0-9_]+"
 MAX_NAMED = 5  # unlisted files named in a refusal; the rest are counted
 
 
@@ -165,14 +169,41 @@ def _sha256(path: str, inode: int, size: int, mtime_ns: int) -> str:
 
 @contextmanager
 def staging_folder(out: Path) -> Iterator[Path]:
-    """A private folder next to ``out`` for the new model, removed if it was not swapped in."""
+    """A private folder next to ``out`` for the new model, removed if it was not swapped in.
+    Its name carries this process's id, so that what a killed process left can be found."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out.parent))
+    staging = Path(tempfile.mkdtemp(prefix=_staging_prefix(os.getpid()), dir=out.parent))
     try:
         yield staging
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def _staging_prefix(pid: int) -> str:
+    return f"{STAGING_PREFIX}{pid}-"
+
+
+def remove_staging_left_by(out: Path, pid: int) -> list[Path]:
+    """Remove the staging folders that process ``pid`` made next to ``out`` and could not
+    remove itself (it was killed); the removed paths.
+
+    Only folders named as ``staging_folder`` names them for that process id; never the
+    previous model a swap had moved aside (``...-old``), a link, a file, or anything else.
+    Call it once ``pid`` has ended and before it is reaped, so the id is not another's.
+    """
+    pattern = re.compile(re.escape(_staging_prefix(pid)) + _STAGING_RANDOM)
+    try:
+        entries = sorted(out.parent.iterdir())
+    except OSError:
+        return []
+    removed = []
+    for entry in entries:
+        if pattern.fullmatch(entry.name) and entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+            log.info("removed %s, the staging folder a stopped prepare left", entry)
+    return removed
 
 
 def replace_folder(staging: Path, out: Path, inputs: Sequence[Path | None] = (), *, force: bool = False) -> None:

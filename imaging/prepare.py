@@ -39,7 +39,7 @@ from imaging.manifest import (
 from imaging.memory import run_within_budget
 from imaging.mesh import RGBA
 from imaging.mesh_io import write_ply, write_stl
-from imaging.output_folder import check_destination, replace_folder, staging_folder
+from imaging.output_folder import check_destination, remove_staging_left_by, replace_folder, staging_folder
 from imaging.surface import RawSurface, finish_surface, raw_surface
 from imaging.volume import Volume
 
@@ -128,12 +128,14 @@ def prepare_path(
     on_series: SeriesChoice | None = None,
 ) -> PreparedModel:
     """Runs in a child process held under ``options.memory_budget_bytes`` (``imaging.memory``):
-    whatever a header declared, a volume that needs more is stopped with one line."""
+    whatever a header declared, a volume that needs more is stopped with one line, and the
+    staging folder it was writing beside ``out`` is removed."""
     return run_within_budget(
         source,
         options.memory_budget_bytes,
         lambda calls: _prepare_path(source, out, options, calls["progress"], calls["on_series"]),
         {"progress": progress, "on_series": on_series},
+        cleanup=lambda pid: remove_staging_left_by(out, pid),
     )
 
 

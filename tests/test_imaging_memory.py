@@ -11,12 +11,14 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import real_data
 from corpus import PEAK_WRAPPER, mha_bytes, run_scrubin, write_nifti
+from dicom_factory import head_like_volume
 
 from imaging import memory
 from imaging.errors import InputError, SegmentationError
@@ -107,13 +109,31 @@ def test_child_over_the_budget_is_stopped_with_one_line() -> None:
     assert _resident() < budget  # the caller never held the memory
 
 
+def test_cleanup_runs_once_the_stopped_child_has_ended_and_before_it_is_reaped() -> None:
+    """The caller's cleanup sees the killed child as a zombie: ended (it writes nothing more)
+    and not yet reaped (its process id cannot belong to another process yet)."""
+    seen: list[tuple[int, str]] = []
+
+    def cleanup(pid: int) -> None:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            seen.append((pid, stat.read().rsplit(")", 1)[1].split()[0]))
+
+    with pytest.raises(InputError, match=r"memory budget"):
+        memory.run_within_budget("scan", _resident() + 200 * MIB, lambda _c: _allocate(2 * 1024**3), {}, cleanup)
+    assert [state for _, state in seen] == ["Z"]
+    with pytest.raises(ChildProcessError):  # reaped afterwards
+        os.waitpid(seen[0][0], os.WNOHANG)
+    assert memory.run_within_budget("scan", 8 * 1024**3, lambda _c: 7, {}, cleanup) == 7
+    assert len(seen) == 2 and seen[1][1] == "Z"  # after a result too: nothing is left to remove then
+
+
 def test_child_result_and_calls_come_back_in_order() -> None:
     seen: list[tuple[object, ...]] = []
 
-    def work(calls: dict[str, object]) -> dict[str, int]:
+    def work(calls: dict[str, Callable[..., None]]) -> dict[str, int]:
         for i in range(3):
-            calls["progress"](f"stage {i}")  # type: ignore[operator]
-        calls["absent"]("ignored")  # type: ignore[operator]
+            calls["progress"](f"stage {i}")
+        calls["absent"]("ignored")
         _allocate(10 * MIB)
         return {"n": 3}
 
@@ -184,3 +204,48 @@ def test_prepare_is_held_to_the_budget_when_the_estimate_is_wrong(tmp_path: Path
     ), lines
     assert not out.exists()
     assert peak_kib * 1024 <= budget_gb * 1024**3 + 150 * MIB, f"peak {peak_kib / 1024:.0f} MiB"
+
+
+# A prepare run whose memory peaks while the model is being written into its staging folder
+# (a real peak, not a mock): write_ply writes the file, notes where, then grows to gigabytes.
+_PEAK_WHILE_WRITING = """
+import os, runpy, sys
+import numpy as np
+import imaging.prepare as prepare
+write_ply = prepare.write_ply
+def write_ply_then_grow(mesh, path):
+    write_ply(mesh, path)
+    with open(os.environ["STAGING_NOTE"], "w") as note:
+        note.write(str(path.parent.parent))
+    np.ones(6 * 1024**3, np.uint8)
+prepare.write_ply = write_ply_then_grow
+sys.argv = ["scrubin", *sys.argv[1:]]
+runpy.run_module("scrubin.cli", run_name="__main__", alter_sys=True)
+"""
+
+
+@pytest.mark.slow
+def test_run_killed_over_the_budget_leaves_no_staging_folder(tmp_path: Path) -> None:
+    """Killed while writing: the staging folder that child made beside --out is removed, and
+    nothing else (another run's staging folder, a user's file named like one)."""
+    path = write_nifti(tmp_path / "ct.nii", head_like_volume((12, 32, 32), radius=10.0), spacing=(1.0, 1.0, 2.0))
+    models = tmp_path / "models"
+    other_run = models / ".scrubin-staging-1-abcdefgh"  # pid 1 is never a prepare child of ours
+    other_run.mkdir(parents=True)
+    (other_run / "model.glb").write_bytes(b"another run's")
+    (models / ".scrubin-staging-notes.txt").write_text("the user's")
+    note = tmp_path / "staging.txt"
+    args = ["prepare", str(path), "--out", str(models / "model"), "--segments", "skin", "--max-memory-gb", "1"]
+    result = subprocess.run(
+        [sys.executable, "-c", _PEAK_WHILE_WRITING, *args],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "STAGING_NOTE": str(note)},
+        cwd=Path(__file__).resolve().parents[1],
+    )  # fmt: skip
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert "processing needed more than the memory budget of 1.0 GiB" in lines[0]
+    staging = Path(note.read_text())  # the child had made it and written a mesh into it
+    assert staging.parent == models and staging.name.startswith(".scrubin-staging-")
+    assert not staging.exists()
+    assert sorted(p.name for p in models.iterdir()) == [".scrubin-staging-1-abcdefgh", ".scrubin-staging-notes.txt"]
+    assert (other_run / "model.glb").read_bytes() == b"another run's"

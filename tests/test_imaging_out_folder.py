@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -21,7 +22,7 @@ from imaging_fixtures import error_line, load_manifest, run_cli
 
 from imaging.errors import ImagingError, OutputError
 from imaging.geometry import Geometry
-from imaging.output_folder import check_destination
+from imaging.output_folder import check_destination, remove_staging_left_by, staging_folder
 from imaging.prepare import PrepareOptions, prepare_path, prepare_volume
 from imaging.volume import SourceInfo, Volume
 
@@ -275,6 +276,30 @@ def test_cli_force_replaces_a_changed_model_and_error_is_one_line_without(tmp_pa
     result = run_cli("prepare", str(ct), "--out", str(out), "--segments", "skin", "--force")
     assert result.returncode == 0, result.stderr
     assert load_manifest(out)["source"]["format"] == "dicom"
+
+
+def test_staging_left_by_a_process_is_removed_and_nothing_else(tmp_path: Path) -> None:
+    out = tmp_path / "model"
+    with staging_folder(out) as staging:  # named for this process, as in the prepare child
+        (staging / "meshes").mkdir()
+        (staging / "meshes" / "skin.ply").write_bytes(b"half written")
+        moved_aside = staging.with_name(f"{staging.name}-old")  # a swap's previous model
+        moved_aside.mkdir()
+        other_pid = tmp_path / f".scrubin-staging-{os.getpid() + 1}-abcdefgh"
+        other_pid.mkdir()
+        (tmp_path / f".scrubin-staging-{os.getpid()}-link").symlink_to(other_pid)
+        (tmp_path / f".scrubin-staging-{os.getpid()}-file").write_text("a user's")
+        assert remove_staging_left_by(out, os.getpid()) == [staging]
+    assert not staging.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [
+            moved_aside.name,
+            other_pid.name,
+            f".scrubin-staging-{os.getpid()}-link",
+            f".scrubin-staging-{os.getpid()}-file",
+        ]
+    )
+    assert remove_staging_left_by(tmp_path / "absent" / "model", os.getpid()) == []
 
 
 def test_output_error_is_an_imaging_error() -> None:
