@@ -9,11 +9,16 @@ does the same for many poses of a few points) a point costs nanoseconds per iter
 * :func:`gather_depth` back-projects the depth pixels of a region of interest, drops
   isolated returns (flying pixels, multipath speckle: a pixel whose depth agrees with
   fewer than :data:`MIN_AGREEING_NEIGHBOURS` of its four neighbours), keeps the points
-  in the model's band at the predicted pose and splits off a holdout set, in one pass;
+  in the model's band at the predicted pose and splits off a holdout set;
 * :func:`fit_pose` is Tukey-weighted point-to-plane Gauss-Newton on the model's
-  nearest-vertex grid (as registration/icp.py, same scale, gates and convergence test),
-  the robust scale (1.4826 MAD) estimated on every :data:`SCALE_STRIDE`-th residual;
+  nearest-vertex grid, with registration/icp.py's robust scale (1.4826 MAD, here of
+  every :data:`SCALE_STRIDE`-th residual), gates and convergence test; one pass over
+  the points per step, and correspondences reused while the pose moves less than
+  :data:`RELOOKUP_MM` (tests/test_registration_tracker.py checks it against icp.py);
 * :func:`inlier_stats` gives the fitness and inlier RMSE the trust checks read.
+
+The costs are cache misses (two random reads per point: grid cell, vertex row), so the
+kernels read the grid where no branch waits on the result, and reuse what they read.
 
 Points are sensor-frame millimetres (N, 3), x right, y down, z forward; poses are
 ``T_model_sensor``. Kernels are single-threaded: the tracker runs beside other work on
@@ -155,8 +160,9 @@ def fit_pose(
     Tukey-weighted point-to-plane Gauss-Newton with registration/icp.py's schedule: the
     correspondence gate starts at ``max_corr_mm`` and shrinks to ``max(min_corr_mm,
     4 sigma)``; converged once it has stopped shrinking and a step moves points by less
-    than ``tol_mm``. Increments act about the points' centroid in the model frame
-    (``pivot``), where the information matrix is taken."""
+    than ``tol_mm`` (a rotation counted at :data:`LEVER_MM`). Increments act about the
+    points' centroid in the model frame (``pivot``), where the information matrix of
+    the last step is taken (``sigma_mm``: the robust scale of its residuals)."""
     P = np.ascontiguousarray(points, dtype=np.float64)
     T = np.ascontiguousarray(T_model_sensor, dtype=np.float64).copy()
     scratch = np.empty(len(P) // SCALE_STRIDE + 1)
@@ -518,10 +524,11 @@ def _fit(cells, dims, offset, cell_mm, table, P, T, limits, iterations, scratch,
         since_lookup += moved
         sigma = _scale(scratch, k)
         # The gate shrinks (never grows: clutter stays out) to 4 sigma, not below min_gate.
-        new_gate = min(gate, max(min_gate, 4.0 * sigma, 0.5 * gate))
-        shrinking = new_gate < 0.95 * gate
-        gate = new_gate
-        if moved < tol and not shrinking:
+        gate = min(gate, max(min_gate, 4.0 * sigma, 0.5 * gate))
+        # Converged on a small step whose weights the next step would keep: the gate only
+        # matters where it cuts closer than the biweight (a shrinking gate that still lies
+        # outside it changes nothing, unlike in icp.py, which tests the gate alone).
+        if moved < tol and abs(min(gate, TUKEY_C * sigma) - tukey) < 0.05 * tukey:
             converged = True
             break
     return np.array([sigma, used, it, 1.0 if converged else 0.0])
