@@ -3,9 +3,12 @@
 GDCM reads a slice without PixelSpacing as 1 mm, a RescaleSlope of 0 or NaN as 1, a pixel
 data element shorter than the image as that many pixels plus padding, and an MR, US or
 Secondary Capture image as readily as a CT. Here every slice of the chosen series is checked
-for those (modality, samples per pixel, pixel spacing present, plausible and the same on every
-slice, rescale slope and intercept, pixel bytes present), from the fast path's parsed headers
-where every file took it, else from pydicom in a guarded child (hostile headers).
+for those (modality, pixel spacing present, plausible and the same on every slice, rescale
+slope and intercept, pixel bytes present), from the fast path's parsed headers where every
+file took it, else from pydicom in a guarded child (hostile headers).
+
+``check_slice_format`` (colour, Image Orientation) needs only the folder scan's slice headers:
+``dicom_series.load_series`` runs it for every caller, before anything else is checked.
 """
 
 from __future__ import annotations
@@ -15,16 +18,24 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
 
 from imaging import checks
-from imaging.dicom_series import SeriesEntry
 from imaging.errors import InputError
 from imaging.guarded import run_guarded
+
+if TYPE_CHECKING:  # dicom_series calls check_slice_format: no import cycle at run time
+    from imaging.dicom_series import SeriesEntry
 
 PIXEL_DATA_TAG = 0x7FE00010
 DEFLATED = "1.2.840.10008.1.2.1.99"
 UNDEFINED_LENGTH = 0xFFFFFFFF
 MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
+# Image Orientation (Patient) must be two perpendicular unit vectors; DICOM writes them with
+# about 6 decimals, and the geometry check after reading is stricter (1e-4 on D^T D).
+ORIENTATION_TOLERANCE = 1e-3
 _DEFER_BYTES = 1024  # pixel data is located, never read, while checking
 
 
@@ -37,8 +48,6 @@ class SliceFacts:
     pixel_spacing: tuple[float, ...] | None  # (row, column) spacing in mm
     slope: float
     intercept: float
-    samples: int = 1
-    photometric: str = "MONOCHROME2"
     pixel_problem: str | None = None  # why the pixel data element cannot hold the image
 
 
@@ -54,17 +63,11 @@ def check_series_content(folder: Path, entry: SeriesEntry, allowed_modalities: S
     """Refuse the series if any slice is not a usable CT slice; returns warnings for the manifest."""
     facts = series_facts(folder, entry)
     notes: set[str] = set()
-    distinct = {
-        (f.modality, f.samples, f.photometric, f.pixel_problem, f.pixel_spacing, f.slope, f.intercept): f
-        for f in reversed(facts)
-    }
+    distinct = {(f.modality, f.pixel_problem, f.pixel_spacing, f.slope, f.intercept): f for f in reversed(facts)}
     for f in sorted(distinct.values(), key=facts.index):  # the first slice of each kind, in order
         note = checks.check_modality(f.file, f.modality, allowed_modalities)
         if note:
             notes.add(note)
-        if f.samples != 1 or f.photometric not in MONOCHROME:
-            msg = f"{f.file}: (0028,0002) Samples per Pixel {f.samples}, (0028,0004) Photometric Interpretation {f.photometric}: a colour image, not a CT slice"
-            raise InputError(msg)
         if f.pixel_problem is not None:
             msg = f"{folder}: DICOM pixel data could not be read ({Path(f.file).name}: (7FE0,0010) Pixel Data {f.pixel_problem})"
             raise InputError(msg)
@@ -75,19 +78,22 @@ def check_series_content(folder: Path, entry: SeriesEntry, allowed_modalities: S
         checks.check_rescale(f.file, f.slope, f.intercept, "(0028,1053) Rescale")
     names = [f.file for f in facts]
     checks.check_uniform(folder, [f.pixel_spacing or () for f in facts], "(0028,0030) Pixel Spacing", names)
-    _check_orientation(entry)
     return sorted(notes)
 
 
-def _check_orientation(entry: SeriesEntry) -> None:
-    """Row and column direction cosines of unit length and perpendicular (GDCM would divide by 0)."""
+def check_slice_format(entry: SeriesEntry) -> None:
+    """Refuse a series whose slices are not one grey sample per pixel, or whose first slice's
+    row and column direction cosines are not perpendicular unit vectors (GDCM would read a
+    colour image as a 4D array, and divide by a zero slice normal)."""
+    for s in entry.slices:
+        if s.samples != 1 or s.photometric not in MONOCHROME:
+            msg = f"{s.file}: (0028,0002) Samples per Pixel {s.samples}, (0028,0004) Photometric Interpretation {s.photometric}: a colour image, not a CT slice"
+            raise InputError(msg)
     first = entry.slices[0]
-    o = [float(v) for v in first.orientation]
-    row, col = o[:3], o[3:]
-    dot = sum(a * b for a, b in zip(row, col, strict=True))
-    norms = (math.hypot(*row), math.hypot(*col))
-    if not all(abs(n - 1.0) < 1e-3 for n in norms) or abs(dot) > 1e-3:
-        msg = f"{first.file}: (0020,0037) Image Orientation (Patient) {tuple(o)}: not two perpendicular unit vectors"
+    rows_cols = np.asarray(first.orientation, dtype=np.float64).reshape(2, 3)
+    if not np.allclose(rows_cols @ rows_cols.T, np.eye(2), atol=ORIENTATION_TOLERANCE):
+        shown = tuple(float(v) for v in first.orientation)
+        msg = f"{first.file}: (0020,0037) Image Orientation (Patient) {shown}: not two perpendicular unit vectors"
         raise InputError(msg)
 
 
@@ -104,8 +110,6 @@ def read_slice_facts(path: Path) -> SliceFacts:
             pixel_spacing=_numbers(ds, "PixelSpacing", 2),
             slope=_number(ds, "RescaleSlope", 1.0),
             intercept=_number(ds, "RescaleIntercept", 0.0),
-            samples=int(ds.get("SamplesPerPixel", 1) or 1),
-            photometric=str(ds.get("PhotometricInterpretation", "") or "").strip(),
             pixel_problem=_pixel_problem(ds, path),
         )
 

@@ -67,6 +67,8 @@ class SliceHeader:
     rows: int
     columns: int
     tilt_deg: float
+    samples: int = 1  # (0028,0002) Samples per Pixel; the fast path takes only 1
+    photometric: str = "MONOCHROME2"  # (0028,0004); the fast path takes only MONOCHROME2
 
 
 @dataclass(frozen=True)

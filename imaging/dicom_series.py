@@ -19,6 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from imaging.deid import pseudonym
+from imaging.dicom_checks import check_slice_format
 from imaging.dicom_fast import (
     FastSlice,
     SliceHeader,
@@ -37,9 +38,6 @@ log = logging.getLogger(__name__)
 # Relative tolerance on slice spacing: GDCM positions are printed with ~1e-3 mm precision.
 SPACING_TOLERANCE = 0.02
 TILT_TOLERANCE_DEG = 0.1
-# Image Orientation (Patient) must be two perpendicular unit vectors; DICOM writes them with
-# about 6 decimals, and the geometry check after reading is stricter (1e-4 on D^T D).
-ORIENTATION_TOLERANCE = 1e-3
 
 
 _HEADER_TAGS = (
@@ -53,6 +51,8 @@ _HEADER_TAGS = (
     (0x0008, 0x0060),  # Modality
     (0x0008, 0x0016),  # SOP Class UID (for files whose meta group lacks it)
     (0x0028, 0x0008),  # Number of Frames
+    (0x0028, 0x0002),  # Samples per Pixel
+    (0x0028, 0x0004),  # Photometric Interpretation
 )
 MIN_SLICES_FOR_PARALLEL_READ = 16
 # What a PACS export puts next to the slices that is not an image slice: skipped with a note,
@@ -255,6 +255,7 @@ def _read_header(path: Path) -> tuple[str, str, str, SliceHeader] | str | None:
         has_meta = meta is not None and "TransferSyntaxUID" in meta and "MediaStorageSOPClassUID" in meta
         frames = _int_tag(ds, "NumberOfFrames", 1)
         rows, columns = _int_tag(ds, "Rows", 0), _int_tag(ds, "Columns", 0)
+        samples = _int_tag(ds, "SamplesPerPixel", 1)
     except Exception as exc:  # hostile bytes can make a parser raise anything at all
         if has_dicom_preamble(path):  # a DICOM file that cannot be parsed is damaged, not foreign
             msg = f"{path}: damaged DICOM file ({exc.__class__.__name__}: {str(exc)[:120]})"
@@ -284,7 +285,16 @@ def _read_header(path: Path) -> tuple[str, str, str, SliceHeader] | str | None:
     if rows <= 0 or columns <= 0:
         msg = f"{path}: invalid image size Rows={rows} Columns={columns}"
         raise InputError(msg)
-    header = SliceHeader(str(path), (position[0], position[1], position[2]), tuple(orientation), rows, columns, tilt)
+    header = SliceHeader(
+        str(path),
+        (position[0], position[1], position[2]),
+        tuple(orientation),
+        rows,
+        columns,
+        tilt,
+        samples=samples,
+        photometric=str(ds.get("PhotometricInterpretation", "") or "").strip(),
+    )
     return uid, str(ds.get("StudyInstanceUID", "")).strip(), modality, header
 
 
@@ -357,14 +367,14 @@ def choose_series(folder: Path, scan: FolderScan, wanted: str | None) -> SeriesE
 
 
 def check_series(folder: Path, entry: SeriesEntry, memory_budget_bytes: int) -> None:
-    """Everything that can be refused from the headers alone, before pixels are read."""
+    """The slice geometry that can be refused from the headers alone, before pixels are read
+    (the slice format, ``dicom_checks.check_slice_format``, was checked already)."""
     from imaging.load import check_memory_budget
 
     if entry.n_files < 2:
         msg = f"{folder}: series {entry.name} has a single slice; a 3D volume needs at least 2"
         raise InputError(msg)
     first = entry.slices[0]
-    _check_orientation(first)
     check_memory_budget(folder, (first.columns, first.rows, entry.n_files), memory_budget_bytes)
     for s in entry.slices:
         if abs(s.tilt_deg) > TILT_TOLERANCE_DEG:
@@ -380,25 +390,18 @@ def check_series(folder: Path, entry: SeriesEntry, memory_budget_bytes: int) -> 
     check_slice_positions(folder, positions, np.asarray(first.orientation))
 
 
-def _check_orientation(header: SliceHeader) -> None:
-    """Row and column directions must be perpendicular unit vectors (not zeros, not parallel)."""
-    rows_cols = np.asarray(header.orientation, dtype=np.float64).reshape(2, 3)
-    if not np.allclose(rows_cols @ rows_cols.T, np.eye(2), atol=ORIENTATION_TOLERANCE):
-        shown = "\\".join(f"{v:g}" for v in header.orientation)
-        msg = f"{header.file}: tag (0020,0037) Image Orientation (Patient) is not two perpendicular unit vectors, got {shown}"
-        raise InputError(msg)
-
-
 def load_series(
     folder: Path, *, series_uid: str | None, memory_budget_bytes: int, on_series: SeriesChoice | None = None
 ) -> Volume:
-    """Read the chosen series; ``on_series(scan, chosen)`` lets a caller say which was used.
+    """Read the chosen series; ``on_series(scan, chosen)`` lets a caller say which was used
+    (and check more) once its slice format is known to be a grey, properly oriented stack.
 
     ``series_uid`` is the series' full UID or its pseudonym (``SeriesEntry.name``)."""
     from imaging.load import volume_from_array
 
     scan = scan_folder(folder)
     entry = choose_series(folder, scan, series_uid)
+    check_slice_format(entry)
     if on_series is not None:
         on_series(scan, entry)
     check_series(folder, entry, memory_budget_bytes)
@@ -460,10 +463,6 @@ def read_pixels(folder: Path, files: tuple[str, ...]) -> tuple[npt.NDArray[np.ge
     except RuntimeError as exc:
         msg = f"{folder}: DICOM pixel data could not be read ({itk_reason(exc)})"
         raise InputError(msg) from None
-    components = parts[0].GetNumberOfComponentsPerPixel()
-    if components != 1:
-        msg = f"{folder}: slices have {components} samples per pixel (a colour image); a CT slice has 1"
-        raise InputError(msg)
     if len({(p.GetPixelID(), p.GetSize()[:2]) for p in parts}) != 1:
         msg = f"{folder}: slices of one series decode to different pixel types or sizes"
         raise InputError(msg)

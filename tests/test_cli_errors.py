@@ -152,7 +152,7 @@ def test_rgb_series_is_a_clean_refusal(tmp_path: Path) -> None:
         del ds.RescaleIntercept, ds.RescaleSlope
         ds.save_as(path)
     line = error_line(run_cli("prepare", str(tmp_path / "rgb"), "--out", str(tmp_path / "o")))
-    assert "colour image" in line  # one clean line (dicom_checks or the reader names it)
+    assert "(0028,0002) Samples per Pixel 3, (0028,0004) Photometric Interpretation RGB: a colour image" in line
 
 
 def test_short_detached_metaimage_data_is_one_line_without_itk_output(tmp_path: Path) -> None:

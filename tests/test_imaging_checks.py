@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -147,6 +148,41 @@ def test_rgb_series_is_one_clean_refusal(tmp_path: Path) -> None:
 def test_zero_orientation_is_refused_by_name(tmp_path: Path) -> None:
     folder = _series(tmp_path, _edit_each(_set(ImageOrientationPatient=["0"] * 6)))
     _refused(folder, r"\(0020,0037\) Image Orientation \(Patient\) .*: not two perpendicular unit vectors")
+
+
+_COLOUR = r"IM0000\.dcm: \(0028,0002\) Samples per Pixel 3, \(0028,0004\) Photometric Interpretation RGB: a colour image, not a CT slice$"
+_ORIENTATION = r"IM0000\.dcm: \(0020,0037\) Image Orientation \(Patient\) \(0\.0, 0\.0, 0\.0, 0\.0, 0\.0, 0\.0\): not two perpendicular unit vectors$"
+
+
+@pytest.mark.parametrize(
+    ("damage", "pattern"),
+    [(_rgb, _COLOUR), (_edit_each(_set(ImageOrientationPatient=["0"] * 6)), _ORIENTATION)],
+    ids=["colour", "orientation"],
+)
+def test_colour_and_orientation_have_one_rule_that_every_caller_meets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, damage: object, pattern: str
+) -> None:
+    """The series reader itself refuses, before any pixel is read and without a numpy
+    warning, with the very line ``load_ct`` (``prepare``) gives; ``scrubin series`` still
+    lists the folder."""
+    from imaging import dicom_series
+
+    folder = _series(tmp_path, damage)
+    prepared = _refused(folder, pattern)
+
+    def no_pixels(*_args: object) -> None:
+        raise AssertionError("pixels were read before the slices were refused")
+
+    monkeypatch.setattr(dicom_series, "read_pixels", no_pixels)
+    monkeypatch.setattr(dicom_series, "read_fast_pixels", no_pixels)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(InputError) as direct:
+            dicom_series.load_series(folder, series_uid=None, memory_budget_bytes=1 << 30)
+    assert str(direct.value) == prepared
+    listed = run_cli("series", str(folder))
+    assert (listed.returncode, listed.stderr) == (0, ""), listed.stderr
+    assert "CT" in listed.stdout and "64x64x24" in listed.stdout
 
 
 @pytest.mark.parametrize("fmt", ["dicom", "nifti", "mha"])
