@@ -38,6 +38,38 @@ def real_data(relative: str) -> Path:
     return path
 
 
+HOLOLENS = "depth/bti_demohead_hololens2"
+HOLOLENS_SCANS = ("scanned_head_cropped.pcd", *(f"views/{i}.ply" for i in range(1, 9)))
+
+
+@pytest.fixture(scope="session")
+def bti_skin(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """The skin of the real BTI demo-head CT from ``scrubin prepare``, prepared once per run
+    (several test modules register the HoloLens scans of the same head to it)."""
+    from registration_fixtures import prepared_skin_folder
+
+    from registration import SurfaceModel
+
+    folder = prepared_skin_folder(real_data("ct/bti_demohead_dicom"), tmp_path_factory.mktemp("bti_skin"))
+    return SurfaceModel.from_folder(folder, mesh="skin")
+
+
+def hololens_scan(name: str):  # type: ignore[no-untyped-def]
+    """One real HoloLens 2 scan of the demo head, (N, 3) mm in the headset's world frame."""
+    import numpy as np
+    import open3d as o3d
+
+    return np.asarray(o3d.io.read_point_cloud(str(real_data(f"{HOLOLENS}/{name}"))).points) * 1000.0
+
+
+@pytest.fixture(scope="session")
+def hololens_alignments(bti_skin):  # type: ignore[no-untyped-def]
+    """Each real scan aligned on its own to the CT skin, once per run: {name: Estimate}."""
+    from registration import initial_alignment
+
+    return {name: initial_alignment(bti_skin, hololens_scan(name)) for name in HOLOLENS_SCANS}
+
+
 _EXIT_STATUS = {"value": 0}
 
 

@@ -385,29 +385,21 @@ def _scan(name: str) -> F64:
 
 
 @pytest.fixture(scope="module")
-def ct_skin(tmp_path_factory: pytest.TempPathFactory) -> object:
-    from conftest import real_data
-    from registration_fixtures import prepared_skin_folder
-
-    from registration import SurfaceModel
-
-    folder = prepared_skin_folder(real_data("ct/bti_demohead_dicom"), tmp_path_factory.mktemp("ct_model"))
-    return SurfaceModel.from_folder(folder, mesh="skin")
+def ct_skin(bti_skin: object) -> object:
+    return bti_skin
 
 
 @pytest.fixture(scope="module")
-def real_views(ct_skin: object) -> dict[str, CalibrationView]:
+def real_views(hololens_alignments: dict[str, Estimate]) -> dict[str, CalibrationView]:
     """Views 1-8, each with its camera centre (from its whole-millimetre ranges) and its
     own markerless registration (trusted: every one is ``tracking`` today)."""
-    from registration import initial_alignment
     from registration.ray_centre import world_scan_view
 
     out = {}
     for name in TRAIN + TEST:
-        pts = _scan(name)
-        est = initial_alignment(ct_skin, pts)  # type: ignore[arg-type]
+        est = hololens_alignments[name]
         assert est.status is Status.TRACKING, (name, est.reasons)
-        out[name] = world_scan_view(pts, est.T_sensor_model)[0]
+        out[name] = world_scan_view(_scan(name), est.T_sensor_model)[0]
     return out
 
 

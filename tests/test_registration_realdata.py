@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import real_data
-from registration_fixtures import about, perturbation, prepared_skin_folder
+from registration_fixtures import about, perturbation
 
 from registration import Estimate, Status, SurfaceModel, Tracker, initial_alignment
 from registration.frames import F64, MM_PER_M, transform_points
@@ -20,10 +20,8 @@ HOLOLENS = "depth/bti_demohead_hololens2"
 
 
 @pytest.fixture(scope="module")
-def ct_skin(tmp_path_factory: pytest.TempPathFactory) -> SurfaceModel:
-    ct = real_data("ct/bti_demohead_dicom")
-    folder = prepared_skin_folder(ct, tmp_path_factory.mktemp("ct_model"))
-    return SurfaceModel.from_folder(folder, mesh="skin")
+def ct_skin(bti_skin: SurfaceModel) -> SurfaceModel:
+    return bti_skin
 
 
 def _target(sim: HeadsetSimulator) -> F64:
@@ -72,9 +70,9 @@ SCANS = ["scanned_head_cropped.pcd"] + [f"views/{i}.ply" for i in range(1, 9)]
 
 
 @pytest.fixture(scope="module")
-def nine(ct_skin: SurfaceModel) -> dict[str, Estimate]:
+def nine(hololens_alignments: dict[str, Estimate]) -> dict[str, Estimate]:
     """Each real scan aligned on its own (they share the headset's world frame)."""
-    return {name: initial_alignment(ct_skin, _scan(name)) for name in SCANS}
+    return hololens_alignments
 
 
 def _face_centres(ct_skin: SurfaceModel, estimates: dict[str, Estimate]) -> F64:
