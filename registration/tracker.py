@@ -102,7 +102,9 @@ class Tracker:
         self._near_share = 0.02  # unknown before the first frame: gate every point
         self._n_near = 0  # points near the model in the last frame
         self._surface = dense_surface(model)
-        model.raycasting_scene  # noqa: B018 - built now (~0.1 s once per model), not in the first frame
+        # The ray-casting scene builds its hierarchy on the first cast (~0.1 s once per
+        # model): cast one ray now rather than in the first frame.
+        see_through_fraction(model, np.eye(4), np.array([[0.0, 0.0, 1.0]]), self.config.see_through_margin_mm)
         self._tre_points = model.reference_points()
         lo, hi = model.bounds
         self._corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
