@@ -53,6 +53,9 @@ class NavigationConfig:
     max_predicted_tre_mm: float = 3.0
     max_landmark_error_mm: float = 15.0  # a touched landmark this far from the fitted pose
     ambiguity_ratio: float = 2.0  # the best distinct rival must cost this many times more
+    # Markerless, a pose fitted to fewer points is never trusted: 8 touches on a skull fit a
+    # wrong pose 20-35 mm off with no distinct rival found (bench_trace_registration.py).
+    min_markerless_points: int = 15
     verdict_trunc_mm: float = 2.5  # least truncation of the verdict's costs (registration/ambiguity.py)
     distinct_mm: float = 6.0
     turn_retries: int = 2  # from a given start: a better turned pose is taken this often
@@ -166,7 +169,8 @@ def register_trace(
         (refine(model, pts, b.T_model_sensor, cfg.refine) for b in (found.best, found.rival) if b is not None),
         key=lambda r: r.cost,
     )
-    return _finish(model, pts, both[0], both[1] if len(both) > 1 else None, None, method, cfg, t0)
+    return _finish(model, pts, both[0], both[1] if len(both) > 1 else None, None, method, cfg, t0,
+                   found_markerless=True)  # fmt: skip
 
 
 def _finish(
@@ -178,6 +182,8 @@ def _finish(
     method: str,
     cfg: NavigationConfig,
     t0: float,
+    *,
+    found_markerless: bool = False,
 ) -> NavigationResult:
     T = invert(ref.T_model_sensor)
     kept = pts[ref.inliers]
@@ -191,6 +197,10 @@ def _finish(
     lm_err = None if coarse is None else _landmark_error(T, coarse)
     rival = _rival(model, pts, ref, searched_rival, cfg)
     reasons = _reasons(ref, len(pts), cond, tre, lm_err, rival, cfg)
+    kept_n = len(pts) - ref.n_rejected
+    if coarse is None and found_markerless and kept_n < cfg.min_markerless_points:
+        reasons = (*reasons, f"too few points to rule out other poses without landmarks ({kept_n}; "
+                   f"at least {cfg.min_markerless_points})")  # fmt: skip
     status = Status.TRACKING if not reasons else Status.DEGRADED
     hint = where_points_help(model, ref.T_model_sensor, kept) if reasons else None
     result = NavigationResult(

@@ -149,6 +149,23 @@ def test_too_few_points_or_too_small_a_patch_is_refused_with_the_reason() -> Non
     assert initial_alignment(model, tr.points_mm[:5]).status is Status.LOST
 
 
+def test_eight_touches_are_never_trusted_markerless_but_are_with_landmarks() -> None:
+    """8 points leave 2 residual degrees of freedom: a wrong pose fits them as well as the
+    right one (seen 20-35 mm off on a skull), so markerless it is not trusted; with
+    touched landmarks as independent evidence it is."""
+    model = head_model()
+    tr = simulate_trace(model, "dots", 8, seed=31, lifted=0)
+    alone = register_trace(model, SurfaceTrace(tr.points_mm))
+    assert alone.status is not Status.TRACKING
+    assert any("too few points to rule out other poses" in r for r in alone.reasons), alone.reasons
+    marks = face_landmarks(model)
+    touched = touched_landmarks(marks, tr.T_sensor_model, (2.0, 5.0), seed=31)
+    pairs = (np.array(list(marks.values())), np.array([touched[k] for k in marks]))
+    helped = register_trace(model, SurfaceTrace(tr.points_mm), pairs)
+    assert helped.status is Status.TRACKING, helped.verdict
+    assert _err(helped.T_sensor_model, tr.T_sensor_model) < 3.0
+
+
 # ------------------------------------------------------------------ landmarks + trace
 def test_landmarks_with_touching_error_then_a_trace() -> None:
     model = head_model()
