@@ -245,6 +245,8 @@ def main() -> None:
         frames, target, what = scenario_frames(name, model, args.frames, args.sigma)
         n_model = int(np.mean([f.model_mask.sum() for f in frames]))
         print(f"\n[{name}] {len(frames)} frames 512x512: {what}; ~{n_model} model pixels/frame")
+        # Timings on a shared 2-core machine mean little above a load of ~1.5: say what it was.
+        print(f"load average (1, 5, 15 min) before timing: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
         T0 = frames[0].T_sensor_model
         statuses: list[str] = []
         res = {
