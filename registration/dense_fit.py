@@ -145,6 +145,19 @@ def gather_points(points: F64, surface: DenseSurface, T_model_sensor: F64, holdo
     return Gathered(fit[: counts[0]], hold[: counts[1]], P)
 
 
+@dataclass(frozen=True)
+class DenseFit:
+    """A fitted pose (``icp``: as registration/icp.py reports it) and what the trust
+    checks read of its points: the inlier share, inlier RMSE (mm, inf without inliers)
+    and inlier count at the fitted pose, and their RMS distance from their centroid."""
+
+    icp: IcpResult
+    fitness: float
+    rmse_mm: float
+    n_inliers: int
+    radius_mm: float
+
+
 def fit_pose(
     surface: DenseSurface,
     points: F64,
@@ -154,7 +167,8 @@ def fit_pose(
     min_corr_mm: float,
     iterations: int,
     tol_mm: float,
-) -> IcpResult:
+    inlier_mm: float,
+) -> DenseFit:
     """Refine ``T_model_sensor`` so the sensor ``points`` (N, 3) lie on the model surface.
 
     Tukey-weighted point-to-plane Gauss-Newton with registration/icp.py's schedule: the
@@ -162,14 +176,18 @@ def fit_pose(
     4 sigma)``; converged once it has stopped shrinking and a step moves points by less
     than ``tol_mm`` (a rotation counted at :data:`LEVER_MM`). Increments act about the
     points' centroid in the model frame (``pivot``), where the information matrix of
-    the last step is taken (``sigma_mm``: the robust scale of its residuals)."""
+    the last step is taken (``sigma_mm``: the robust scale of its residuals). Inliers
+    as in :func:`inlier_stats`, at the fitted pose."""
     P = np.ascontiguousarray(points, dtype=np.float64)
     T = np.ascontiguousarray(T_model_sensor, dtype=np.float64).copy()
     scratch = np.empty(len(P) // SCALE_STRIDE + 1)
     info, pivot = np.zeros((6, 6)), np.zeros(3)
-    limits = np.array([max_corr_mm, min_corr_mm, tol_mm], dtype=np.float64)
-    stats = _fit(*surface.args(), P, T, limits, int(iterations), scratch, info, pivot)
-    return IcpResult(T, info, pivot, float(stats[0]), int(stats[1]), int(stats[2]), bool(stats[3]))
+    limits = np.array([max_corr_mm, min_corr_mm, tol_mm, inlier_mm], dtype=np.float64)
+    st = _fit(*surface.args(), P, T, limits, int(iterations), scratch, info, pivot)
+    icp = IcpResult(T, info, pivot, float(st[0]), int(st[1]), int(st[2]), bool(st[3]))
+    n_in = int(st[4])
+    rmse = math.sqrt(st[5] / n_in) if n_in else float("inf")
+    return DenseFit(icp, n_in / max(len(P), 1), rmse, n_in, float(st[6]))
 
 
 def inlier_stats(surface: DenseSurface, T_model_sensor: F64, points: F64, inlier_mm: float) -> tuple[float, float, int]:
@@ -182,12 +200,6 @@ def inlier_stats(surface: DenseSurface, T_model_sensor: F64, points: F64, inlier
     n_in, sum_sq = _inliers(np.ascontiguousarray(T_model_sensor), *surface.args(), P, float(inlier_mm))
     rmse = math.sqrt(sum_sq / n_in) if n_in else float("inf")
     return n_in / len(P), rmse, int(n_in)
-
-
-def rms_radius(points: F64) -> float:
-    """RMS distance (mm) of points (N, 3) from their centroid: the lever arm at which a
-    fit's rotations are judged (np.var over axis 0 costs ten times more)."""
-    return float(_rms_radius(np.ascontiguousarray(points, dtype=np.float64)))
 
 
 def _warm_up() -> None:
@@ -209,27 +221,11 @@ def _warm_up() -> None:
     gather_depth(DepthFrame(np.full((4, 4), 100, dtype=np.uint16), K), s, T, 1, None, (5, 0))
     P = np.tile([[0.5, 0.5, 0.1]], (16, 1))
     gather_points(P, s, np.eye(4), (5, 0))
-    fit_pose(s, P, np.eye(4), max_corr_mm=1.0, min_corr_mm=1.0, iterations=1, tol_mm=1.0)
+    fit_pose(s, P, np.eye(4), max_corr_mm=1.0, min_corr_mm=1.0, iterations=1, tol_mm=1.0, inlier_mm=1.0)
     inlier_stats(s, np.eye(4), P, 1.0)
-    rms_radius(P)
 
 
 # ------------------------------------------------------------------ compiled kernels
-@njit(cache=True)
-def _rms_radius(P):  # type: ignore[no-untyped-def]
-    n = P.shape[0]
-    if n == 0:
-        return 0.0
-    c0 = c1 = c2 = 0.0
-    for m in range(n):
-        c0, c1, c2 = c0 + P[m, 0], c1 + P[m, 1], c2 + P[m, 2]
-    c0, c1, c2 = c0 / n, c1 / n, c2 / n
-    acc = 0.0
-    for m in range(n):
-        acc += (P[m, 0] - c0) ** 2 + (P[m, 1] - c1) ** 2 + (P[m, 2] - c2) ** 2
-    return math.sqrt(acc / n)
-
-
 @njit(cache=True, inline="always")
 def _to_model(M, x, y, z):  # type: ignore[no-untyped-def]
     """M (x, y, z): ``M`` is a pose's top 3x4 rows as a 12-tuple (see :func:`_rows`)."""
@@ -501,11 +497,13 @@ def _move(T, xi, c):  # type: ignore[no-untyped-def]
 @njit(cache=True)
 def _fit(cells, dims, offset, cell_mm, table, P, T, limits, iterations, scratch, info, pivot):  # type: ignore[no-untyped-def]
     gate, min_gate, tol = limits[0], limits[1], limits[2]
-    sx = sy = sz = 0.0
+    sx = sy = sz = s2 = 0.0
     for m in range(P.shape[0]):
         sx, sy, sz = sx + P[m, 0], sy + P[m, 1], sz + P[m, 2]
+        s2 += P[m, 0] ** 2 + P[m, 1] ** 2 + P[m, 2] ** 2
     n = max(P.shape[0], 1)
     centre = (sx / n, sy / n, sz / n)  # the points' centroid, sensor frame
+    radius = math.sqrt(max(s2 / n - centre[0] ** 2 - centre[1] ** 2 - centre[2] ** 2, 0.0))
     H, b, A, corr = np.empty((6, 6)), np.empty(6), np.empty((7, P.shape[0])), np.empty((P.shape[0], 6))
     damping = DAMPING * np.eye(6)
     used, it, converged = 0, 0, False
@@ -542,20 +540,33 @@ def _fit(cells, dims, offset, cell_mm, table, P, T, limits, iterations, scratch,
         if moved < tol and abs(min(gate, TUKEY_C * sigma) - tukey) < 0.05 * tukey:
             converged = True
             break
-    return np.array([sigma, used, it, 1.0 if converged else 0.0])
+    # Inliers at the fitted pose, on the correspondences of the last lookup (or a new
+    # one where the pose has moved since): read in order, not through the grid again.
+    if since_lookup > RELOOKUP_MM:
+        _look_up(cells, _grid(dims, offset, cell_mm), table, P, _rows(T), corr)
+    n_in, sum_sq = _inlier_sums(_rows(T), corr, P, limits[3], cell_mm)
+    return np.array([sigma, used, it, 1.0 if converged else 0.0, n_in, sum_sq, radius])
 
 
 @njit(cache=True)
 def _inliers(T, cells, dims, offset, cell_mm, table, P, inlier_mm):  # type: ignore[no-untyped-def]
-    M, G = _rows(T), _grid(dims, offset, cell_mm)
+    corr = np.empty((P.shape[0], 6))
+    M = _rows(T)
+    _look_up(cells, _grid(dims, offset, cell_mm), table, P, M, corr)
+    return _inlier_sums(M, corr, P, inlier_mm, cell_mm)
+
+
+@njit(cache=True)
+def _inlier_sums(M, corr, P, inlier_mm, cell_mm):  # type: ignore[no-untyped-def]
+    """Count and sum of squared plane residuals of the points within ``inlier_mm`` of
+    their vertex's plane and ``inlier_mm`` + a cell of the vertex (``corr``: rows)."""
     full_lim2 = (inlier_mm + cell_mm) ** 2
     n_in, sum_sq = 0, 0.0
     for m in range(P.shape[0]):
-        x, y, z = _to_model(M, P[m, 0], P[m, 1], P[m, 2])
-        v = _cell(cells, G, x, y, z)
-        if v < 0:
+        if math.isnan(corr[m, 0]):
             continue
-        r, tan2 = _plane(table, v, x, y, z)
+        x, y, z = _to_model(M, P[m, 0], P[m, 1], P[m, 2])
+        r, tan2 = _plane(corr, m, x, y, z)
         if abs(r) < inlier_mm and r * r + tan2 < full_lim2:
             n_in += 1
             sum_sq += r * r

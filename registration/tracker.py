@@ -17,13 +17,13 @@ from registration.confidence import (
     see_through_fraction,
 )
 from registration.dense_fit import (
+    DenseFit,
     Gathered,
     dense_surface,
     fit_pose,
     gather_depth,
     gather_points,
     inlier_stats,
-    rms_radius,
 )
 from registration.depth import DepthFrame
 from registration.estimate import Estimate, Status, lost, predicted_tre
@@ -37,7 +37,7 @@ from registration.frames import (
     se3_log,
     transform_points,
 )
-from registration.icp import IcpResult, covariance_about_origin, normalised_condition
+from registration.icp import covariance_about_origin, normalised_condition
 from registration.model import SurfaceModel
 from registration.motion import Persistence
 from registration.navigation import NavigationConfig, register_trace
@@ -206,8 +206,8 @@ class Tracker:
         self._n_near = got.n_near
         if got.n_near < cfg.confidence.min_correspondences:
             return self._lost(t0, f"too few points near the model ({got.n_near})", ts)
-        fit, hold = _spread(got.fit, cfg.max_points), got.hold
-        res = fit_pose(
+        fit = _spread(got.fit, cfg.max_points)
+        dense = fit_pose(
             self._surface,
             fit,
             invert(T_pred),
@@ -215,20 +215,22 @@ class Tracker:
             min_corr_mm=cfg.inlier_mm,
             iterations=cfg.iterations,
             tol_mm=cfg.tol_mm,
+            inlier_mm=cfg.inlier_mm,
         )
-        if res.n_correspondences < cfg.confidence.min_correspondences:
-            return self._lost(t0, f"too few correspondences ({res.n_correspondences})", ts)
+        if dense.icp.n_correspondences < cfg.confidence.min_correspondences:
+            return self._lost(t0, f"too few correspondences ({dense.icp.n_correspondences})", ts)
         probe = got.probe[self._rng.integers(0, len(got.probe), cfg.free_space_rays)]
-        return self._finish(res, T_pred, probe, fit, hold, ts, t0)
+        return self._finish(dense, T_pred, probe, fit, got.hold, ts, t0)
 
-    def _finish(self, res: IcpResult, T_pred: F64, probe: F64, fit: F64, hold: F64, ts: int, t0: float) -> Estimate:
+    def _finish(self, dense: DenseFit, T_pred: F64, probe: F64, fit: F64, hold: F64, ts: int, t0: float) -> Estimate:
         cfg = self.config
+        res = dense.icp
         see = see_through_fraction(self.model, res.T_model_sensor, probe, cfg.see_through_margin_mm)
         T_new = invert(res.T_model_sensor)
-        fitness, rmse, n_in = inlier_stats(self._surface, res.T_model_sensor, fit, cfg.inlier_mm)
+        fitness, rmse, n_in = dense.fitness, dense.rmse_mm, dense.n_inliers
         h_fit, h_rmse, _ = inlier_stats(self._surface, res.T_model_sensor, hold, cfg.inlier_mm)
         cov = covariance_about_origin(res.information, res.pivot, max(res.sigma_mm, rmse))
-        cond = normalised_condition(res.information, max(rms_radius(fit), 1.0))
+        cond = normalised_condition(res.information, max(dense.radius_mm, 1.0))
         tre = float(np.max(predicted_tre(cov, self._tre_points)))
         jump_mm, jump_deg = _jump(T_pred, T_new, self._tre_points)
         q = FrameQuality(n_in, fitness, rmse, cond, tre, jump_mm, jump_deg, h_fit, h_rmse, see)

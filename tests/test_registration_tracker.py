@@ -16,10 +16,10 @@ from registration_fixtures import (
 )
 
 from registration import Estimate, Status, SurfaceModel, Tracker
-from registration.dense_fit import dense_surface, fit_pose, gather_depth
+from registration.dense_fit import dense_surface, fit_pose, gather_depth, inlier_stats
 from registration.depth import DepthFrame, PinholeIntrinsics
 from registration.frames import invert, pose_difference, se3_exp, transform_points
-from registration.icp import point_to_plane
+from registration.icp import covariance_about_origin, point_to_plane
 from registration.motion import Persistence
 from registration.random_walk import RandomWalk, random_walk_frames
 from registration.simulator import HeadsetSimulator, NoiseModel, look_at
@@ -321,16 +321,19 @@ def test_dense_fit_agrees_with_the_reference_icp() -> None:
     points = points[f.model_mask[::3, ::3][f.depth.depth[::3, ::3] > 0]]
     start = se3_exp(np.array([0.01, -0.015, 0.02, 2.0, -1.5, 1.0])) @ T_true
     kw = {"max_corr_mm": 10.0, "min_corr_mm": 3.0, "iterations": 30, "tol_mm": 0.005}
-    ours = fit_pose(dense_surface(model), points, start, **kw)
+    dense = fit_pose(dense_surface(model), points, start, inlier_mm=3.0, **kw)
+    ours = dense.icp
     ref = point_to_plane(model, points, start, **kw)
     rot_deg, _ = pose_difference(ours.T_model_sensor, ref.T_model_sensor)
     # (ours reuses correspondences over the last steps, so the optima differ a little)
     assert rot_deg < 0.01 and target_error_mm(invert(ours.T_model_sensor), invert(ref.T_model_sensor)) < 0.02
     assert target_error_mm(invert(ours.T_model_sensor), f.T_sensor_model) < 0.3
     assert ours.converged and ref.converged and ours.n_correspondences > 0.9 * len(points)
+    # The inlier figures, taken on the fit's last correspondences, are those of a new lookup.
+    fitness, rmse, n_in = inlier_stats(dense_surface(model), ours.T_model_sensor, points, 3.0)
+    assert dense.n_inliers == pytest.approx(n_in, abs=3) and dense.fitness == pytest.approx(fitness, abs=0.005)
+    assert dense.rmse_mm == pytest.approx(rmse, rel=0.02)
     # The information matrices differ only by the pivot they are taken about.
-    from registration.icp import covariance_about_origin
-
     c_ours = covariance_about_origin(ours.information, ours.pivot, 1.0)
     c_ref = covariance_about_origin(ref.information, ref.pivot, 1.0)
     assert np.allclose(np.diag(c_ours), np.diag(c_ref), rtol=0.05)
