@@ -73,9 +73,9 @@ _SURFACES: weakref.WeakKeyDictionary[SurfaceModel, DenseSurface] = weakref.WeakK
 
 def dense_surface(model: SurfaceModel) -> DenseSurface:
     """The kernels' view of ``model`` (built once per model, ~2 ms for 100k vertices).
-    The first call in a process also loads the compiled kernels (see :func:`_warm_up`)."""
+    The first call in a process also loads the compiled kernels (see :func:`warm_up`)."""
     if not _SURFACES:
-        _warm_up()
+        warm_up()
     if model not in _SURFACES:
         g = model.grid
         table = np.ascontiguousarray(np.hstack([model.vertices, model.normals]), dtype=np.float64)
@@ -202,7 +202,7 @@ def inlier_stats(surface: DenseSurface, T_model_sensor: F64, points: F64, inlier
     return n_in / len(P), rmse, int(n_in)
 
 
-def _warm_up() -> None:
+def warm_up() -> None:
     """Run every kernel once on a few made-up points, so that loading them from Numba's
     cache (tens of milliseconds) happens when the tracker is made, not in its first
     frame. The types match the real calls: each signature is compiled separately."""

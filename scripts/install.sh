@@ -40,5 +40,5 @@ echo "scrubin install: Python packages ($spec)"
 .venv/bin/python -c "import open3d, SimpleITK, vtk, zmq, aiortc, aiohttp, pyigtl"
 # Compile the registration kernels once (Numba caches them beside the module): the first
 # compile takes tens of seconds, which must never be spent in theatre.
-.venv/bin/python -c "from registration.batch_fit import warm_up; warm_up()"
+.venv/bin/python -c "from registration import batch_fit, dense_fit; batch_fit.warm_up(); dense_fit.warm_up()"
 echo "scrubin install: done (.venv/bin/scrubin)"
