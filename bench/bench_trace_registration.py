@@ -11,7 +11,8 @@ Four parts, each run side by side on the same data in one process:
    Success: accepted (status tracking) with the deep target (model centroid) within
    5 mm; a *wrong trusted* result is accepted with the target 5 mm or more off.
    Competitor: Open3D's global registration recipe (voxel down-sampling, normals, FPFH,
-   RANSAC on feature matches with mutual filter, then point-to-plane ICP).
+   RANSAC on feature matches with mutual filter, then point-to-plane ICP), as in
+   bench_initial_alignment.py, at 4 mm voxels.
 2. *Landmarks + trace*: 3-4 face landmarks touched with 5-10 mm error, then the trace.
    Competitor: the paired-point fit followed by Open3D point-to-plane ICP.
 3. *Refinement* from the truth moved by 5 degrees and 10 mm vs Open3D point-to-plane ICP
@@ -42,6 +43,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT / "tests"))
 
+from bench_initial_alignment import plain_open3d  # noqa: E402
 from bench_tracking import prepared_skin  # noqa: E402
 from pointer_data import data_dir, load_pelvis  # noqa: E402
 
@@ -113,26 +115,9 @@ def _prepared_bone(source: Path) -> SurfaceModel:
 
 # ------------------------------------------------------------------ competitors
 def open3d_global(model: SurfaceModel, points: F64, voxel: float = 4.0) -> F64:
-    """Open3D's global registration recipe; returns T_sensor_model."""
-    import open3d as o3d
-
-    reg = o3d.pipelines.registration
-
-    def prep(p: F64) -> tuple[o3d.geometry.PointCloud, reg.Feature]:
-        pc = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(p)).voxel_down_sample(voxel)
-        pc.estimate_normals(o3d.geometry.KDTreeSearchParamHybrid(radius=2.5 * voxel, max_nn=30))
-        f = reg.compute_fpfh_feature(pc, o3d.geometry.KDTreeSearchParamHybrid(radius=5 * voxel, max_nn=100))
-        return pc, f
-
-    src, fs = prep(points)
-    dst, fd = prep(model.vertices)
-    dist = 1.5 * voxel
-    res = reg.registration_ransac_based_on_feature_matching(
-        src, dst, fs, fd, True, dist, reg.TransformationEstimationPointToPoint(False), 3,
-        [reg.CorrespondenceCheckerBasedOnEdgeLength(0.9), reg.CorrespondenceCheckerBasedOnDistance(dist)],
-        reg.RANSACConvergenceCriteria(100000, 0.999),
-    )  # fmt: skip
-    return open3d_icp(model, points, invert(np.asarray(res.transformation)))
+    """Open3D's global registration recipe (the same as bench_initial_alignment's) at 4 mm
+    voxels for pointer-sized traces; returns T_sensor_model."""
+    return plain_open3d(model, points, voxel)[0]
 
 
 def open3d_icp(model: SurfaceModel, points: F64, T_sensor_model: F64, max_mm: float = 10.0) -> F64:
