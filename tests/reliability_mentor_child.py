@@ -130,6 +130,7 @@ def main() -> None:
             page.wait_for_function(f"{distinct} >= {args.marks}", timeout=30_000)
             report["acked_ids"] = sorted({a["id"] for a in page.evaluate("mentor.acks")})
             report["acks_heard"] = page.evaluate("mentor.acks.length")
+            report["ack_reasons"] = page.evaluate("mentor.acks.map((a) => [a.id, a.anchored, a.reason, a.error])")
             report["dropped_packets"] = dropped_packets()
     finally:
         stop(served)
