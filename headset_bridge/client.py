@@ -146,6 +146,8 @@ class HeadsetClient:
         self.clock = ClockSync()
         self.annotations = AnnotationReplica()
         self.epoch: str | None = None
+        self.stream: str | None = None  # the server run's id (pose header "stream")
+        self.errors: deque[tuple[str, str]] = deque(maxlen=32)  # the server's latest error replies
         self.model: bytes | None = None
         self.model_sha256: str | None = None
         self.pose_log: deque[PoseReceipt] = deque(maxlen=100_000)  # every new (non-repeat) pose received
@@ -300,11 +302,17 @@ class HeadsetClient:
         intrinsics: tuple[float, float, float, float],
         depth_unit_mm: float = 1.0,
         t_capture_ns: int | None = None,
+        depth_kind: str = "z",
     ) -> int:
-        """Queue a depth frame; returns its message seq (poses name it as ``sensor_frame_seq``)."""
+        """Queue a depth frame; returns its message seq (poses name it as ``sensor_frame_seq``).
+        ``depth_kind``: "z" (along the optical axis) or "ray" (distance from the camera
+        centre along each pixel's ray, as HoloLens AHAT gives it)."""
         arr = np.ascontiguousarray(depth, dtype="<u2")
         if arr.ndim != 2:
             msg = f"depth must be 2-D (height, width), got shape {arr.shape!r}"
+            raise ValueError(msg)
+        if depth_kind not in P.DEPTH_KINDS:
+            msg = f"depth_kind must be one of {P.DEPTH_KINDS}, got {depth_kind!r}"
             raise ValueError(msg)
         fx, fy, cx, cy = (float(v) for v in intrinsics)
         header = {
@@ -319,17 +327,35 @@ class HeadsetClient:
             "cy": cy,
             "T_world_camera": as_transform(T_world_camera, "T_world_camera").reshape(16).tolist(),
         }
+        if depth_kind != "z":
+            header["depth_kind"] = depth_kind
         return self._enqueue_uplink("depth", header, arr.tobytes())
 
     def send_video(
-        self, data: bytes, width: int, height: int, encoding: str = "rgb8", t_capture_ns: int | None = None
+        self,
+        data: bytes,
+        width: int,
+        height: int,
+        encoding: str = "rgb8",
+        t_capture_ns: int | None = None,
+        intrinsics: tuple[float, float, float, float] | None = None,
+        T_world_camera: Mat4 | None = None,
     ) -> int:
-        header = {
+        """Queue a video frame. ``intrinsics`` (fx, fy, cx, cy in pixels) and
+        ``T_world_camera`` (mm) describe the video camera at capture; give both, so the
+        server anchors mentor marks with this camera rather than its configured one."""
+        header: dict[str, Any] = {
             "t_capture_ns": t_capture_ns or time.monotonic_ns(),
             "width": width,
             "height": height,
             "encoding": encoding,
         }
+        if (intrinsics is None) != (T_world_camera is None):
+            msg = f"give the video camera's intrinsics and T_world_camera together, got only {'intrinsics' if intrinsics is not None else 'T_world_camera'}"
+            raise ValueError(msg)
+        if intrinsics is not None and T_world_camera is not None:
+            header.update(zip(("fx", "fy", "cx", "cy"), (float(v) for v in intrinsics), strict=True))
+            header["T_world_camera"] = as_transform(T_world_camera, "T_world_camera").reshape(16).tolist()
         return self._enqueue_uplink("video", header, bytes(data))
 
     def send_audio(self, pcm: bytes, sample_rate: int, channels: int = 1) -> int:
@@ -506,6 +532,14 @@ class HeadsetClient:
         h = msg.header
         T = P.unpack_mat4(msg.payload, "T_sensor_model") if len(msg.payload) else None
         self._pose = _Pose(h, T, t_recv)
+        stream = h.get("stream")
+        if type(stream) is str and stream != self.stream:
+            if self.stream is not None:  # the server restarted: its clock and pose seq with it
+                log.warning("server pose stream restarted (%s -> %s): clock resync", self.stream, stream)
+                self.clock.reset()
+                self._next_time = 0.0  # ask the new server's clock now, not in 0.5 s
+                self.counters.add("stream_restarted")
+            self.stream = stream
         if self.epoch != h["epoch"]:
             if self.epoch is not None:
                 log.warning("server restarted (epoch %s -> %s): resynchronising", self.epoch, h["epoch"])
@@ -597,6 +631,8 @@ class HeadsetClient:
             self._on_chunk(msg)
         elif msg.topic == "error":
             log.warning("server error %s: %s", h["code"], h["detail"])
+            self.counters.add(f"server_error:{h['code']}")
+            self.errors.append((str(h["code"]), str(h["detail"])))
             if h["code"] == "model_changed":
                 self._fetch = None
 

@@ -99,9 +99,15 @@ class Allowlist:
         self._static = {check_name(n): k for n, k in (keys or {}).items()}
         self._directory = directory
         self._by_key: dict[bytes, str] = {}
+        self._revoked: dict[bytes, str] = {}  # removed since the last refresh()
+        self._signature: tuple[tuple[str, int, int], ...] = ()
+        self._bad_signature: tuple[tuple[str, int, int], ...] | None = None
         self.reload()
 
     def reload(self) -> None:
+        """Read the folder (and the keys added in memory) now; ValueError or OSError on a
+        bad key file, leaving the list as it was."""
+        signature = self._folder_signature()
         entries = dict(self._static)
         if self._directory is not None:
             for path in sorted(self._directory.glob("*.key")):
@@ -113,8 +119,38 @@ class Allowlist:
                 raise ValueError(msg)
             by_key[key] = name
         with self._lock:
-            self._by_key = by_key
+            self._revoked.update({k: n for k, n in self._by_key.items() if k not in by_key})
+            self._by_key, self._signature = by_key, signature
         log.info("allowlist holds %d headset key(s)", len(by_key))
+
+    def refresh(self) -> dict[bytes, str]:
+        """Re-read the folder if a ``*.key`` file appeared, changed or went; return the keys
+        revoked since the last call (key -> name). A file that cannot be read (half copied,
+        not a key) keeps the previous list and is reported once, not at every call."""
+        if self._directory is not None:
+            signature = self._folder_signature()
+            if signature != self._signature and signature != self._bad_signature:
+                try:
+                    self.reload()
+                    self._bad_signature = None
+                except (ValueError, OSError) as exc:
+                    self._bad_signature = signature
+                    log.warning("allowlist folder %s not reloaded, keeping the previous keys: %s", self._directory, exc)
+        with self._lock:
+            revoked, self._revoked = self._revoked, {}
+        return revoked
+
+    def _folder_signature(self) -> tuple[tuple[str, int, int], ...]:
+        if self._directory is None:
+            return ()
+        out = []
+        for path in sorted(self._directory.glob("*.key")):
+            try:
+                st = path.stat()
+            except OSError:  # removed between the listing and the stat
+                continue
+            out.append((path.name, st.st_mtime_ns, st.st_size))
+        return tuple(out)
 
     def add(self, name: str, public: bytes) -> None:
         with self._lock:

@@ -258,6 +258,7 @@ class DepthFrame:
     intrinsics: tuple[float, float, float, float]  # fx, fy, cx, cy in pixels
     T_world_camera: Mat4  # mm, headset world
     t_received_ns: int | None = None  # server clock when the message arrived (depth frame "in")
+    depth_kind: str = "z"  # "z": along the optical axis; "ray": from the camera centre along the pixel's ray
 
 
 @dataclass(frozen=True)
@@ -270,6 +271,8 @@ class VideoFrame:
     height: int
     encoding: str  # "rgb8" or "jpeg"
     data: bytes
+    intrinsics: tuple[float, float, float, float] | None = None  # fx, fy, cx, cy (px); None: the configured camera
+    T_world_camera: Mat4 | None = None  # the video camera at capture, mm, headset world
 
 
 @dataclass(frozen=True)

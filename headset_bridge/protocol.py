@@ -90,6 +90,21 @@ SCHEMAS: Final[dict[str, dict[str, str]]] = {
     "registration": {"frame": STR, "world_of": STR, "n_points": INT, "landmarks": OBJ_OR_NULL},
 }
 
+# Optional header fields: checked when present, absent from older peers.
+OPTIONAL_FIELDS: Final[dict[str, dict[str, str]]] = {
+    # this server run's id: a new one means the pose stream (and the server clock) restarted
+    "pose": {"stream": STR},
+    # what a depth value measures: "z" (along the optical axis, the default) or "ray"
+    # (distance from the camera centre along the pixel's ray, as HoloLens AHAT gives it)
+    "depth": {"depth_kind": STR},
+    # the video camera's own pinhole model and pose at capture (all five, or none)
+    "video": {"fx": NUM, "fy": NUM, "cx": NUM, "cy": NUM, "T_world_camera": MAT},
+}
+DEPTH_KINDS: Final = ("z", "ray")
+VIDEO_CAMERA_FIELDS: Final = ("fx", "fy", "cx", "cy", "T_world_camera")
+# Requests carry every field in the header; their payload is empty.
+REQUEST_TYPES: Final = frozenset({"sync", "hb", "time_req", "model_get"})
+
 SERVER_TOPICS: Final = frozenset({"pose", "ann", "audio"})
 MAX_AUDIO_BYTES: Final = 64 * 1024
 REPLY_TYPES: Final = frozenset({"snapshot", "ann_batch", "time_rep", "model_chunk", "error"})
@@ -141,6 +156,8 @@ def decode(frames: list[Any], allowed: frozenset[str] | None = None) -> Message:
     header = _header(header_raw, topic)
     if not _FAST_CHECKS[topic](header):
         _check_fields(header, topic)  # the full check raises, naming the field
+    if topic in OPTIONAL_FIELDS:
+        _check_optional(header, topic)
     _check_payload(topic, header, payload)
     return Message(topic, header, payload)
 
@@ -199,6 +216,24 @@ def _check_fields(header: dict[str, Any], topic: str) -> None:
         )
     if topic == "pose" and header["status"] not in STATUSES:
         raise ProtocolError("bad_field", f"pose.status must be one of {STATUSES}, got {header['status']!r:.80}")
+
+
+def _check_optional(header: dict[str, Any], topic: str) -> None:
+    for name, kind in OPTIONAL_FIELDS[topic].items():
+        if name in header and not _is_kind(header[name], kind):
+            raise ProtocolError("bad_field", f"{topic}.{name} must be {kind}, got {header[name]!r:.200}")
+    if topic == "depth" and header.get("depth_kind", "z") not in DEPTH_KINDS:
+        raise ProtocolError(
+            "bad_field", f"depth.depth_kind must be one of {DEPTH_KINDS}, got {header['depth_kind']!r:.40}"
+        )
+    if topic == "video":
+        present = [n for n in VIDEO_CAMERA_FIELDS if n in header]
+        if present and len(present) != len(VIDEO_CAMERA_FIELDS):
+            raise ProtocolError(
+                "bad_header", f"video camera needs all of {VIDEO_CAMERA_FIELDS} or none, got only {present!r}"
+            )
+        if present and not (header["fx"] > 0 and header["fy"] > 0):
+            raise ProtocolError("bad_field", f"video fx, fy must be > 0, got {header['fx']!r}, {header['fy']!r}")
 
 
 def _is_kind(value: Any, kind: str) -> bool:
@@ -310,6 +345,10 @@ def _check_payload(topic: str, header: dict[str, Any], payload: Buffer) -> None:
         _check_audio(header, n)
     elif topic == "registration":
         _check_registration(header, payload)
+    elif topic in REQUEST_TYPES and n:  # a field sent in the payload instead of the header
+        raise ProtocolError(
+            "bad_payload", f"{topic} carries its fields in the header: payload must be empty, got {n!r} bytes"
+        )
     if expected is not None and n not in expected:
         raise ProtocolError("bad_payload", f"{topic} payload must be {expected} bytes, got {n!r}")
 

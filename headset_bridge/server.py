@@ -17,6 +17,7 @@ liveness checks.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
 import secrets
@@ -69,6 +70,7 @@ class ServerConfig:
     pub_hwm: int = 64
     ctl_hwm: int = 64
     chunk_size: int = 256 * 1024
+    allowlist_poll_s: float = 0.5  # how often the allowlist folder is checked for added/removed keys
     # SQLite file of annotation ops: survives a server crash, and keeps the epoch (no resync)
     annotation_store: Path | None = None
 
@@ -107,6 +109,9 @@ class BridgeServer:
         store = AnnotationStore(self.config.annotation_store) if self.config.annotation_store else None
         self._store = store
         self.epoch = store.epoch if store is not None else secrets.token_hex(8)
+        # This run's id, in every pose: the pose seq and the server clock restart with it,
+        # while the epoch (the annotation log's identity) survives a restart when persisted.
+        self.stream = secrets.token_hex(8)
         self.counters = Counters()
         self.pub_endpoint = ""
         self.ctl_endpoint = ""
@@ -137,26 +142,71 @@ class BridgeServer:
     def start(self) -> BridgeServer:
         cfg = self.config
         self._auth = start_authenticator(self._ctx, self.allowlist)
-        self._pub = server_socket(self._ctx, zmq.PUB, self.keys)
-        self._pub.setsockopt(zmq.SNDHWM, cfg.pub_hwm)
-        self._ctl = server_socket(self._ctx, zmq.ROUTER, self.keys)
-        self._ctl.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        # Finite limits stay on the server (memory per headset against a flood). Unlike the
-        # headset's SUB they cannot hit libzmq#3937 (docs/headset-protocol.md 1.1): a bound
-        # socket gets a fresh session and queue per connection, so a reconnect after a stall
-        # never meets an old full queue (tests/test_bridge_hwm_abort.py, server stall).
-        self._ctl.setsockopt(zmq.RCVHWM, cfg.ctl_hwm)
-        self._ctl.setsockopt(zmq.SNDHWM, cfg.ctl_hwm)
-        # Hard transport cap: libzmq disconnects a peer sending a frame over it
-        # before buffering it. Messages between the two limits are counted. The cap
-        # applies to the CURVE-boxed frame, hence the margin for its overhead.
-        self._ctl.setsockopt(zmq.MAXMSGSIZE, 2 * cfg.max_message_bytes + 4096)
+        self.allowlist.refresh()  # what was revoked before the start concerns nobody connected
+        self._pub, self._ctl = self._open_sockets()
         self.pub_endpoint = bind(self._pub, cfg.host, cfg.pub_port)
         self.ctl_endpoint = bind(self._ctl, cfg.host, cfg.ctl_port)
         self._thread = threading.Thread(target=self._run, name="bridge-io", daemon=True)
         self._thread.start()
         log.info("bridge up: pub %s ctl %s epoch %s", self.pub_endpoint, self.ctl_endpoint, self.epoch)
         return self
+
+    def _open_sockets(self) -> tuple[zmq.Socket[Any], zmq.Socket[Any]]:
+        cfg = self.config
+        pub = server_socket(self._ctx, zmq.PUB, self.keys)
+        pub.setsockopt(zmq.SNDHWM, cfg.pub_hwm)
+        ctl = server_socket(self._ctx, zmq.ROUTER, self.keys)
+        ctl.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        # Finite limits stay on the server (memory per headset against a flood). Unlike the
+        # headset's SUB they cannot hit libzmq#3937 (docs/headset-protocol.md 1.1): a bound
+        # socket gets a fresh session and queue per connection, so a reconnect after a stall
+        # never meets an old full queue (tests/test_bridge_hwm_abort.py, server stall).
+        ctl.setsockopt(zmq.RCVHWM, cfg.ctl_hwm)
+        ctl.setsockopt(zmq.SNDHWM, cfg.ctl_hwm)
+        # Hard transport cap: libzmq disconnects a peer sending a frame over it
+        # before buffering it. Messages between the two limits are counted. The cap
+        # applies to the CURVE-boxed frame, hence the margin for its overhead.
+        ctl.setsockopt(zmq.MAXMSGSIZE, 2 * cfg.max_message_bytes + 4096)
+        return pub, ctl
+
+    def _check_allowlist(self) -> None:
+        """Pick up keys added to or removed from the allowlist folder. New connections are
+        checked against the list as it is now (ZAP asks it); a revoked key's connections
+        that are already open are ended by re-opening both sockets, because libzmq cannot
+        drop one peer of a PUB: every headset then reconnects and authenticates again,
+        and the revoked one is refused. The overlays go without poses for about 0.1-0.3 s
+        (hidden: the safe failure); revoking is rare and deliberate."""
+        revoked = self.allowlist.refresh()
+        if not revoked:
+            return
+        log.warning(
+            "allowlist: %d key(s) revoked (%s): re-opening the sockets", len(revoked), ", ".join(revoked.values())
+        )
+        self.counters.add("revoked", len(revoked))
+        with self._pub_lock:
+            for sock in (self._pub, self._ctl):
+                if sock is not None:
+                    sock.close(linger=0)
+            self._pub, self._ctl = self._open_sockets()
+            for sock, endpoint in ((self._pub, self.pub_endpoint), (self._ctl, self.ctl_endpoint)):
+                self._rebind(sock, endpoint)
+        with self._cond:
+            for info in self._headsets.values():
+                if info.name in revoked.values():
+                    info.alive = False
+
+    def _rebind(self, sock: zmq.Socket[Any], endpoint: str) -> None:
+        """Bind to the endpoint the closed socket held; libzmq releases the port from its
+        own I/O thread, so the first tries may find it still in use."""
+        deadline = time.monotonic() + 2.0
+        while True:
+            try:
+                sock.bind(endpoint)
+                return
+            except zmq.ZMQError as exc:
+                if exc.errno != zmq.EADDRINUSE or time.monotonic() > deadline:
+                    raise
+                self._stop.wait(0.01)  # the port is freed asynchronously; nothing to wait on
 
     def stop(self) -> None:
         self._stop.set()
@@ -272,6 +322,7 @@ class BridgeServer:
             "rmse_mm": None if latest is None else P.finite_or_none(latest.rmse_mm),
             "repeat": repeat,
             "epoch": self.epoch,
+            "stream": self.stream,
             "ann_seq": self._log.seq,
             "model": None if self._model_info is None else self._model_info.to_json(),
             "sensor": "" if latest is None else latest.sensor,
@@ -332,14 +383,16 @@ class BridgeServer:
 
     # -- I/O thread ---------------------------------------------------------
     def _run(self) -> None:
-        assert self._ctl is not None
-        poller = zmq.Poller()
-        poller.register(self._ctl, zmq.POLLIN)
-        next_keepalive = time.monotonic()
+        next_keepalive = next_allowlist = time.monotonic()
         while not self._stop.is_set():
             wait_ms = max(0.0, (next_keepalive - time.monotonic()) * 1000)
             try:
-                if poller.poll(math.ceil(min(wait_ms, 50))):
+                if time.monotonic() >= next_allowlist:
+                    self._check_allowlist()  # may replace self._ctl: poll the current one
+                    next_allowlist = time.monotonic() + self.config.allowlist_poll_s
+                ctl = self._ctl
+                assert ctl is not None
+                if ctl.poll(math.ceil(min(wait_ms, 50)), zmq.POLLIN):
                     self._drain_ctl()
                 if time.monotonic() >= next_keepalive:
                     with self._pub_lock:
@@ -377,17 +430,25 @@ class BridgeServer:
         try:
             msg = P.decode(list(frames[1:]), allowed=P.UPLINK_TYPES)
         except P.ProtocolError as exc:
-            self._count("malformed")
-            self._count(f"malformed:{exc.reason}")
-            log.debug("dropped malformed message from %s: %s", name, exc)
+            self._refuse(name, frames, exc)
             return
         info = self._touch(name, frames[0].bytes, msg.topic, t1)
         try:
             self._dispatch(info, frames[0].bytes, msg, t1)
         except P.ProtocolError as exc:
-            self._count("malformed")
-            self._count(f"malformed:{exc.reason}")
-            log.debug("dropped malformed %s from %s: %s", msg.topic, name, exc)
+            self._refuse(name, frames, exc)
+
+    def _refuse(self, name: str, frames: list[zmq.Frame], exc: P.ProtocolError) -> None:
+        """Count a malformed message from an authenticated headset and answer it with an
+        ``error`` (code ``bad_request``) naming the problem, so a client developer sees
+        why, rather than silence. Replies are non-blocking: a flood fills the peer's own
+        queue (ctl_hwm) and the rest are dropped, never buffered here."""
+        self._count("malformed")
+        self._count(f"malformed:{exc.reason}")
+        log.debug("dropped malformed message from %s: %s", name, exc)
+        topic, seq = _echo(frames[1:])
+        header = {"seq": seq, "code": "bad_request", "detail": f"{topic}: {exc}"[:500], "request": topic}
+        self._reply(frames[0].bytes, "error", header)
 
     def _peer_name(self, frames: list[zmq.Frame]) -> str | None:
         if len(frames) < 2:
@@ -519,6 +580,7 @@ class BridgeServer:
                 intrinsics=(float(h["fx"]), float(h["fy"]), float(h["cx"]), float(h["cy"])),
                 T_world_camera=P.mat4_from_list(h["T_world_camera"], "T_world_camera"),
                 t_received_ns=t_received_ns,
+                depth_kind=h.get("depth_kind", "z"),
             )
         if msg.topic == "video":
             return VideoFrame(
@@ -530,8 +592,27 @@ class BridgeServer:
                 height=h["height"],
                 encoding=h["encoding"],
                 data=bytes(msg.payload),
+                intrinsics=(h["fx"], h["fy"], h["cx"], h["cy"]) if "fx" in h else None,
+                T_world_camera=P.mat4_from_list(h["T_world_camera"], "T_world_camera") if "fx" in h else None,
             )
         T = P.unpack_mat4(msg.payload, "T_world_head")
         return HeadsetPoseSample(
             headset=name, seq=h["seq"], t_capture_ns=h["t_capture_ns"], t_capture_server_ns=t_server, T_world_head=T
         )
+
+
+def _echo(frames: list[zmq.Frame]) -> tuple[str, int]:
+    """The topic and ``seq`` of a message that failed validation, as far as they can be
+    read (``?`` and 0 otherwise), to echo in the ``error`` reply."""
+    topic, seq = "?", 0
+    if frames:
+        topic = bytes(frames[0].buffer[:64]).decode("ascii", "replace")
+    if len(frames) > 1 and len(frames[1].buffer) <= P.MAX_HEADER_BYTES:
+        try:
+            header = json.loads(bytes(frames[1].buffer))
+        except (ValueError, RecursionError):
+            header = None
+        raw = header.get("seq") if isinstance(header, dict) else None
+        if type(raw) is int and 0 <= raw < 2**63:
+            seq = raw
+    return topic, seq

@@ -31,11 +31,10 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from functools import lru_cache
 
 import numpy as np
 
-from registration.depth import DepthFrame, PinholeIntrinsics
+from registration.depth import DepthFrame, ray_cosines
 from registration.frames import F64, as_transform, invert, se3_exp, transform_points
 from registration.icp import _tukey_weights
 from registration.model import SurfaceModel
@@ -91,7 +90,7 @@ class DepthCalibration:
             return replace(frame, depth_unit_mm=frame.depth_unit_mm * self.scale)
         z = np.asarray(frame.depth, dtype=np.float64) * frame.depth_unit_mm
         valid = np.isfinite(z) & (z > 0)
-        out = np.where(valid, self.scale * z + self.offset_mm * _cosines(frame.intrinsics), z)
+        out = np.where(valid, self.scale * z + self.offset_mm * ray_cosines(frame.intrinsics), z)
         return replace(frame, depth=out.astype(np.float32), depth_unit_mm=1.0)
 
     def to_dict(self) -> dict[str, float]:
@@ -128,15 +127,6 @@ def check_bounds(
     if not abs(offset_mm) <= MAX_OFFSET_MM:
         msg = f"{prefix}offset_mm {offset_mm!r} is beyond +-{MAX_OFFSET_MM:g} mm"
         raise ValueError(msg)
-
-
-@lru_cache(maxsize=8)
-def _cosines(K: PinholeIntrinsics) -> F64:
-    """Per pixel (H, W): cosine of the angle between its ray and the optical axis."""
-    v, u = np.mgrid[0 : K.height, 0 : K.width].astype(np.float64)
-    out: F64 = 1.0 / np.sqrt(((u - K.cx) / K.fx) ** 2 + ((v - K.cy) / K.fy) ** 2 + 1.0)
-    out.setflags(write=False)  # shared between frames through the cache
-    return out
 
 
 # ------------------------------------------------------------------ estimation

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import lru_cache
 
 import numpy as np
 from numpy.typing import NDArray
@@ -102,3 +103,27 @@ def depth_to_points(
     out[:, 1] = ((idx // width + r0) * stride - K.cy) * (zs / K.fy)
     out[:, 2] = zs
     return out
+
+
+@lru_cache(maxsize=8)
+def ray_cosines(K: PinholeIntrinsics) -> F64:
+    """Per pixel (H, W): cosine of the angle between its ray and the optical axis, the
+    factor from a distance along the ray to a z-depth. Pixel (u, v) is the centre of the
+    pixel in column u, row v (OpenCV: the top-left pixel's centre is (0, 0))."""
+    v, u = np.mgrid[0 : K.height, 0 : K.width].astype(np.float64)
+    out: F64 = 1.0 / np.sqrt(((u - K.cx) / K.fx) ** 2 + ((v - K.cy) / K.fy) ** 2 + 1.0)
+    out.setflags(write=False)  # shared between frames through the cache
+    return out
+
+
+def ray_to_z(frame: DepthFrame) -> DepthFrame:
+    """The frame with each value turned from a distance along the pixel's ray (what a
+    time-of-flight sensor such as HoloLens AHAT measures) into a z-depth, in float32 mm
+    (rounding back to the sensor's integer unit would add up to half a unit of error)."""
+    depth = np.asarray(frame.depth)
+    K = frame.intrinsics
+    if depth.shape != (K.height, K.width):
+        msg = f"depth shape must match intrinsics {(K.height, K.width)}, got {depth.shape}"
+        raise ValueError(msg)
+    z = (depth.astype(np.float32) * np.float32(frame.depth_unit_mm)) * ray_cosines(K).astype(np.float32)
+    return replace(frame, depth=z, depth_unit_mm=1.0)
