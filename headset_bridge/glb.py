@@ -15,8 +15,8 @@ import numpy as np
 import numpy.typing as npt
 
 # glTF metres (x_g, y_g, z_g) = (x, z, -y) / 1000 for LPS mm (x, y, z); see the protocol doc.
-T_GLTF_LPS = np.array([[1e-3, 0, 0, 0], [0, 0, 1e-3, 0], [0, -1e-3, 0, 0], [0, 0, 0, 1]], dtype=np.float64)
-T_LPS_GLTF = np.array([[1e3, 0, 0, 0], [0, 0, -1e3, 0], [0, 1e3, 0, 0], [0, 0, 0, 1]], dtype=np.float64)
+from domain.gltf_frame import T_GLTF_LPS as T_GLTF_LPS
+from domain.gltf_frame import T_LPS_GLTF as T_LPS_GLTF
 
 _MAGIC, _JSON, _BIN, _FLOAT = 0x46546C67, 0x4E4F534A, 0x004E4942, 5126
 

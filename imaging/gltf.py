@@ -1,4 +1,4 @@
-"""The one place where patient LPS millimetres become glTF, and the GLB writer.
+"""The GLB writer; the LPS-to-glTF convention itself is declared once in domain/gltf_frame.py.
 
 glTF 2.0 is right-handed, +Y up, +Z forward (the asset's front), metres. The patient model
 is put so that the patient stands up (+Y = superior) and faces the viewer (+Z = anterior):
@@ -21,28 +21,16 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from domain.gltf_frame import MM_PER_M as MM_PER_M
+from domain.gltf_frame import R_GLTF_LPS as R_GLTF_LPS
+from domain.gltf_frame import T_GLTF_LPS as T_GLTF_LPS
+from domain.gltf_frame import T_LPS_GLTF as T_LPS_GLTF
+from domain.gltf_frame import gltf_m_to_lps_mm as gltf_m_to_lps_mm
+from domain.gltf_frame import lps_mm_to_gltf_m as lps_mm_to_gltf_m
 from imaging.mesh import Mesh
-
-MM_PER_M = 1000.0
-R_GLTF_LPS = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]])
-T_GLTF_LPS = np.block([[R_GLTF_LPS / MM_PER_M, np.zeros((3, 1))], [np.zeros((1, 3)), np.ones((1, 1))]])
-T_LPS_GLTF = np.linalg.inv(T_GLTF_LPS)
 
 _FLOAT, _UINT32 = 5126, 5125
 _ARRAY_BUFFER, _ELEMENT_ARRAY_BUFFER = 34962, 34963
-
-
-def lps_mm_to_gltf_m(points_mm: npt.ArrayLike) -> npt.NDArray[np.float64]:
-    """(..., 3) LPS millimetres to (..., 3) glTF metres."""
-    p = np.asarray(points_mm, dtype=np.float64)
-    out: npt.NDArray[np.float64] = p @ T_GLTF_LPS[:3, :3].T
-    return out
-
-
-def gltf_m_to_lps_mm(points_m: npt.ArrayLike) -> npt.NDArray[np.float64]:
-    p = np.asarray(points_m, dtype=np.float64)
-    out: npt.NDArray[np.float64] = p @ T_LPS_GLTF[:3, :3].T
-    return out
 
 
 def write_glb(meshes: Sequence[Mesh], path: Path, *, scene_name: str, extras: dict[str, object] | None = None) -> None:

@@ -8,39 +8,16 @@ from functools import lru_cache
 import numpy as np
 from numpy.typing import NDArray
 
+from domain.camera import AHAT_FOCAL_PX as AHAT_FOCAL_PX
+from domain.camera import AHAT_HEIGHT as AHAT_HEIGHT
+from domain.camera import AHAT_RATE_HZ as AHAT_RATE_HZ
+from domain.camera import AHAT_WIDTH as AHAT_WIDTH
+from domain.camera import PinholeIntrinsics as PinholeIntrinsics
 from registration.frames import F64
 from registration.thinning import every_kth
 
-# HoloLens 2 AHAT-like articulated-hand-tracking depth camera: 512x512, ~45 Hz, wide FOV.
-AHAT_WIDTH = 512
-AHAT_HEIGHT = 512
-AHAT_FOCAL_PX = 256.0  # about 90 degrees field of view
-AHAT_RATE_HZ = 45.0
+# HoloLens 2 AHAT-like articulated-hand-tracking depth camera (domain.camera): range limit.
 AHAT_MAX_RANGE_MM = 1000.0  # AHAT aliases beyond ~1 m
-
-
-@dataclass(frozen=True)
-class PinholeIntrinsics:
-    width: int
-    height: int
-    fx: float
-    fy: float
-    cx: float
-    cy: float
-
-    @classmethod
-    def ahat(cls) -> PinholeIntrinsics:
-        return cls(
-            AHAT_WIDTH,
-            AHAT_HEIGHT,
-            AHAT_FOCAL_PX,
-            AHAT_FOCAL_PX,
-            (AHAT_WIDTH - 1) / 2,
-            (AHAT_HEIGHT - 1) / 2,
-        )
-
-    def matrix(self) -> F64:
-        return np.array([[self.fx, 0, self.cx], [0, self.fy, self.cy], [0, 0, 1.0]])
 
 
 @dataclass(frozen=True)

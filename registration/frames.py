@@ -18,6 +18,8 @@ from typing import Final
 import numpy as np
 from numpy.typing import NDArray
 
+from domain.transforms import invert as invert  # one implementation, below the parts
+
 MM_PER_M: Final = 1000.0
 SENSOR_FRAME_CONVENTION: Final = "opencv: x right, y down, z forward (mm)"
 MODEL_FRAME_CONVENTION: Final = "patient LPS (mm)"
@@ -36,15 +38,6 @@ def as_transform(T: object, name: str = "T") -> F64:
         msg = f"{name} rotation block is not a proper rotation: det={np.linalg.det(R):.4f}"
         raise ValueError(msg)
     return arr.copy()
-
-
-def invert(T: F64) -> F64:
-    """Inverse of a rigid transform without a general matrix inverse."""
-    out = np.eye(4)
-    R = T[:3, :3]
-    out[:3, :3] = R.T
-    out[:3, 3] = -R.T @ T[:3, 3]
-    return out
 
 
 def transform_points(T: F64, points: F64) -> F64:

@@ -21,13 +21,13 @@ import numpy as np
 import numpy.typing as npt
 from pyigtl.messages import PointMessage, StringMessage, TransformMessage
 
-from headset_bridge.messages import as_transform
+from domain.pose import PoseEstimate, status_name
+from domain.transforms import as_transform
 from slicer_link.config import WireFrame
 from slicer_link.polydata import PolyDataMessage
 
 if TYPE_CHECKING:
-    from headset_bridge.messages import Annotation
-    from registration.estimate import Estimate
+    from domain.annotation import Annotation
 
 F64 = npt.NDArray[np.float64]
 LandmarkFrame = Literal["sensor", "model"]
@@ -74,9 +74,9 @@ def mesh_message(name: str, vertices_lps: object, triangles: object, frame: Wire
     return PolyDataMessage(model_to_wire(vertices_lps, frame), triangles, device_name=name)
 
 
-def status_text(estimate: Estimate) -> str:
+def status_text(estimate: PoseEstimate) -> str:
     """One line for Slicer's text node: status, fit quality and why it is not tracking."""
-    status = _status(estimate)
+    status = status_name(estimate.status)
     text = f"{status} fitness={_num(estimate.fitness, 2)} rmse={_num(estimate.rmse_mm, 2)}mm"
     if estimate.reasons:
         text += " | " + "; ".join(estimate.reasons)
@@ -267,10 +267,6 @@ def landmark_pairs(sensor: LandmarkList, model: LandmarkList | Mapping[str, obje
 
 
 # ---------------------------------------------------------------- helpers
-def _status(estimate: Estimate) -> str:
-    return str(getattr(estimate.status, "value", estimate.status))
-
-
 def _num(value: float, digits: int) -> str:
     return f"{value:.{digits}f}" if math.isfinite(value) else str(value)
 

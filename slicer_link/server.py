@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from scrubin.audit import AuditLog
+from domain.audit import AuditSink
+from domain.pose import PoseEstimate, status_name
 from slicer_link import convert
 from slicer_link.config import IGTL_DEVICE_NAME_BYTES, SlicerLinkConfig, WireFrame
 from slicer_link.convert import LandmarkList, SeedTransform, TraceList
@@ -34,8 +35,7 @@ from slicer_link.polydata import check_mesh
 from slicer_link.wire import FramingError, MessageError, Reader
 
 if TYPE_CHECKING:
-    from headset_bridge.messages import Annotation
-    from registration.estimate import Estimate
+    from domain.annotation import Annotation
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ class SlicerLink:
     def __init__(
         self,
         config: SlicerLinkConfig,
-        audit: AuditLog,
+        audit: AuditSink,
         *,
         on_landmarks: LandmarksCallback | None = None,
         on_transform: TransformCallback | None = None,
@@ -86,7 +86,7 @@ class SlicerLink:
         self._cond = threading.Condition()
         self._outbox: dict[str, _Item] = {}
         self._version = 0
-        self._last_good: Estimate | None = None  # re-sent flagged when a frame is lost
+        self._last_good: PoseEstimate | None = None  # re-sent flagged when a frame is lost
         self._conns: set[_Connection] = set()
         self._listener: socket.socket | None = None
         self._accept_thread: threading.Thread | None = None
@@ -191,7 +191,7 @@ class SlicerLink:
         self._count("published.meshes", len(checked))
         return [device for device, _, _ in checked]
 
-    def publish_estimate(self, estimate: Estimate) -> None:
+    def publish_estimate(self, estimate: PoseEstimate) -> None:
         """Hand over this frame's registration result; returns at once (newest wins).
         The estimate is read later by the writer thread, so do not mutate its arrays.
 
@@ -201,7 +201,7 @@ class SlicerLink:
         pose, a lost frame sends only the status text.
         """
         # Only a reference swap here: conversion and packing happen on the writer side.
-        if _status_of(estimate) != "lost":
+        if status_name(estimate.status) != "lost":
             self._last_good = estimate
         mono_ns = estimate.timestamp_ns if estimate.timestamp_ns is not None else time.monotonic_ns()
         build = _estimate_builder(estimate, self._last_good, self.config, mono_ns)
@@ -494,13 +494,13 @@ def _mesh_builder(device: str, V: Any, T: Any, frame: WireFrame, stamp: float) -
 
 
 def _estimate_builder(
-    estimate: Estimate, last_good: Estimate | None, cfg: SlicerLinkConfig, mono_ns: int
+    estimate: PoseEstimate, last_good: PoseEstimate | None, cfg: SlicerLinkConfig, mono_ns: int
 ) -> Callable[[], list[Any]]:
     """TRANSFORM (this pose, or the last good one flagged lost) + STRING status."""
 
     def build() -> list[Any]:
         wall = convert.wall_time_s(mono_ns)
-        status = _status_of(estimate)
+        status = status_name(estimate.status)
         text = convert.status_text(estimate)
         out = []
         source = last_good if status == "lost" else estimate
@@ -516,13 +516,9 @@ def _estimate_builder(
     return build
 
 
-def _status_of(estimate: Estimate) -> str:
-    return str(getattr(estimate.status, "value", estimate.status))
-
-
 def _meshes_from_folder(folder: Path) -> list[tuple[str, object, object]]:
     """(name, vertices, triangles) of every mesh in a patient-model folder."""
-    from imaging.mesh_io import read_ply
+    from domain.ply import read_ply
 
     try:
         manifest = json.loads((folder / "manifest.json").read_text())
