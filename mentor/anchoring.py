@@ -21,8 +21,8 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
-from registration.depth import PinholeIntrinsics
-from registration.frames import invert
+from domain.camera import PinholeIntrinsics
+from domain.transforms import invert
 
 F64 = npt.NDArray[np.float64]
 ANCHORING_STATUS: Final = "tracking"
@@ -70,16 +70,28 @@ class MeshRayCaster:
         import open3d as o3d
 
         self._core: Any = o3d.core  # typed stubs reject the numpy arrays the runtime accepts
+        # Kept for the mentors' 3D view when no GLB is given (mentor.model_view).
+        self.vertices_mm = np.asarray(vertices_mm, np.float32)
+        self.triangles = np.asarray(triangles, np.uint32)
         self._scene = o3d.t.geometry.RaycastingScene()
-        self._scene.add_triangles(
-            self._core.Tensor(np.asarray(vertices_mm, np.float32)), self._core.Tensor(np.asarray(triangles, np.uint32))
-        )
+        self._scene.add_triangles(self._core.Tensor(self.vertices_mm), self._core.Tensor(self.triangles))
 
     def first_hit(self, origin: F64, direction: F64) -> float:
         """Distance (mm) along the unit ``direction`` to the first triangle, or inf."""
-        rays = np.concatenate([origin, direction]).astype(np.float32)[None]
+        return float(self.first_hits(origin[None], direction[None])[0])
+
+    def first_hits(self, origins: F64, directions: F64) -> F64:
+        """(N,) distances (mm) along each unit direction to the first triangle, inf on a miss."""
+        rays = np.concatenate([np.atleast_2d(origins), np.atleast_2d(directions)], axis=1).astype(np.float32)
         result = self._scene.cast_rays(self._core.Tensor(rays))
-        return float(result["t_hit"].numpy()[0])
+        out: F64 = result["t_hit"].numpy().astype(np.float64)
+        return out
+
+    def closest_points(self, points_mm: F64) -> F64:
+        """(N, 3) nearest points on the mesh surface (mm) to each of the (N, 3) points."""
+        query = self._core.Tensor(np.atleast_2d(points_mm).astype(np.float32))
+        out: F64 = self._scene.compute_closest_points(query)["points"].numpy().astype(np.float64)
+        return out
 
 
 def anchor_click(u: float, v: float, camera: PinholeIntrinsics, pose: FramePose, caster: MeshRayCaster) -> Anchor:

@@ -40,6 +40,17 @@ class MentorConfig:
     # A peer that pings (the page does, every 2 s) and then goes quiet this long is dropped:
     # a killed browser sends no goodbye, and ICE consent only notices after about 30 s.
     peer_silence_s: float = 10.0
+    # An answered peer whose ICE and DTLS are not connected within this is closed: a half-open
+    # offer never becomes a participant and does not keep its UDP sockets until its token expires.
+    connect_timeout_s: float = 10.0
+    max_pending_peers: int = 32  # per room: answered and not yet connected; more are refused (503)
+    # HTTP connection limits (mentor.guard): idle sockets must never shut the page out.
+    max_connections: int = 512  # in total; lowered to half the descriptor limit if that is less
+    max_connections_per_ip: int = 64  # behind a reverse proxy every client shares its address
+    header_timeout_s: float = 10.0  # a new connection sends a complete request head within this
+    keepalive_timeout_s: float = 30.0  # an idle connection after an answer is closed after this
+    body_timeout_s: float = 10.0  # an offer's body arrives within this
+    raise_fd_limit: bool = True  # the soft descriptor limit is raised to the hard one at start
 
     def __post_init__(self) -> None:
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -51,6 +62,14 @@ class MentorConfig:
         if self.status_hz <= 0:
             msg = f"status_hz must be positive, got {self.status_hz!r}"
             raise ValueError(msg)
+        for name in ("connect_timeout_s", "header_timeout_s", "keepalive_timeout_s", "body_timeout_s"):
+            if getattr(self, name) <= 0:
+                msg = f"{name} must be positive, got {getattr(self, name)!r}"
+                raise ValueError(msg)
+        for name in ("max_pending_peers", "max_connections", "max_connections_per_ip"):
+            if getattr(self, name) < 1:
+                msg = f"{name} must be at least 1, got {getattr(self, name)!r}"
+                raise ValueError(msg)
 
     @property
     def scheme(self) -> str:

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import secrets
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Final
@@ -26,7 +27,7 @@ from mentor.audio import AudioRelay, ListenerTrack
 from mentor.config import MentorConfig
 from mentor.frameclock import FrameClock
 from mentor.room import Ack, MentorRoom, Participant
-from mentor.signalling import Annotate, Erase, OfferRequest, Ping, Quality, SignallingError, parse_message
+from mentor.signalling import Annotate, Erase, OfferRequest, Ping, Quality, Restore, SignallingError, parse_message
 from mentor.tokens import Claims
 from mentor.video import VideoRelay, ViewerTrack, route_keyframe_requests
 
@@ -34,6 +35,18 @@ log = logging.getLogger(__name__)
 
 VOICE_RATE: Final = 16_000  # Hz, mono s16le: speech for the headset's speaker
 CHANNEL: Final = "mentor"
+HEADSET_SEEN_S: Final = 2.0  # the headset counts as connected while its video or poses are this fresh
+
+
+class OfferRefused(ValueError):
+    """An offer this server will not answer; the message says what is missing (for the client)."""
+
+
+class PendingLimit(Exception):
+    """Too many answered peers of a room are still connecting; the client may retry later."""
+
+
+BYE_FLUSH_S: Final = 0.5  # the longest a stopping server waits for its goodbyes to leave
 
 
 def _vp8_only(transceiver: Any) -> None:
@@ -50,7 +63,8 @@ class Peer:
         self.pc = RTCPeerConnection(
             RTCConfiguration(iceServers=[RTCIceServer(**s.to_json()) for s in hub.config.ice_servers])
         )
-        self.participant: Participant | None = None
+        self.participant: Participant | None = None  # set once ICE and DTLS connect, never before
+        self.pid = secrets.token_hex(4)  # the participant id it will have (the answer carries it)
         self.channel: Any = None
         self.sender: Any = None
         self.track: ViewerTrack | None = None
@@ -70,7 +84,7 @@ class Peer:
         await self.pc.setRemoteDescription(RTCSessionDescription(offer.sdp, "offer"))
         if self.pc.sctp is None:
             msg = "offer has no data channel (m=application): marks and status need one"
-            raise ValueError(msg)
+            raise OfferRefused(msg)
         video = [t for t in self.pc.getTransceivers() if t.kind == "video"]
         if video:
             _vp8_only(video[0])
@@ -83,14 +97,13 @@ class Peer:
             self.listener = self.hub.audio.subscribe()  # the theatre's voice, if a headset sends it
             self.pc.addTrack(self.listener)
         await self.pc.setLocalDescription(await self.pc.createAnswer())
-        self.participant = self.hub.room.join(self.claims, self.quality)
         desc = self.pc.localDescription
         return {"sdp": desc.sdp, "type": desc.type, **self.hello()}
 
     def hello(self) -> dict[str, Any]:
         cam = self.hub.room.camera
         return {
-            "participant": None if self.participant is None else self.participant.id,
+            "participant": self.pid,
             "name": self.claims.name,
             "role": self.claims.role,
             "may_annotate": self.claims.may_annotate,
@@ -124,7 +137,14 @@ class Peer:
         if channel.readyState == "open":
             self._on_open()
 
+    def _joined(self) -> None:
+        """The peer is connected (ICE + DTLS, or its channel opened): now it is a participant."""
+        if self.participant is None and not self.closed and not self.dropping:
+            self.participant = self.hub.room.join(self.claims, self.quality, pid=self.pid)
+            self.hub.broadcast_participants()
+
     def _on_open(self) -> None:
+        self._joined()
         self.send({"type": "hello", **self.hello()})
         self.hub.broadcast_participants()
         self._last_marks = ""
@@ -137,6 +157,8 @@ class Peer:
             self._spawn(_drain(track))  # unconsumed remote tracks queue frames without bound
 
     def _on_state(self) -> None:
+        if self.pc.connectionState == "connected":
+            self._joined()
         if self.pc.connectionState in ("failed", "closed") and not self.closed:
             self._spawn(self.hub.remove(self, self.pc.connectionState))
 
@@ -169,6 +191,8 @@ class Peer:
             self._ack(room.annotate(self.claims, msg, self.clock))
         elif isinstance(msg, Erase):
             self._ack(room.erase(self.claims, msg))
+        elif isinstance(msg, Restore):
+            self._ack(room.restore(self.claims, msg))
         elif isinstance(msg, Quality):
             self.set_quality(msg.level)
         elif isinstance(msg, Ping):
@@ -201,6 +225,11 @@ class Peer:
         await self.pc.close()
 
 
+def _unsent(peer: Peer) -> bool:
+    channel = peer.channel
+    return channel is not None and channel.readyState == "open" and channel.bufferedAmount > 0
+
+
 async def _drain(track: Any) -> None:
     with contextlib.suppress(MediaStreamError):
         while True:
@@ -215,6 +244,8 @@ class RoomHub:
         self.relay = VideoRelay()
         self.audio = AudioRelay()
         self.peers: set[Peer] = set()
+        self.last_video_at: float | None = None  # monotonic s of the headset's latest frame
+        self._headset: dict[str, Any] = {}  # the headset row last broadcast
         self._ticker: asyncio.Task[None] | None = None
         self._audit_writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"audit-{room.session}")
 
@@ -225,6 +256,7 @@ class RoomHub:
         loop = self.loop
 
         def listener(rgb: Any, t_ns: int) -> None:
+            self.last_video_at = time.monotonic()
             loop.call_soon_threadsafe(self.relay.offer, rgb, t_ns)
 
         def audio(pcm: bytes, sample_rate: int, channels: int) -> None:
@@ -236,6 +268,7 @@ class RoomHub:
     async def stop(self) -> None:
         self.room.video_listener = None
         self.room.audio_listener = None
+        await self.say_bye("session ended")
         for peer in list(self.peers):
             await self.remove(peer, "server stopping")
         if self._ticker is not None:
@@ -247,14 +280,40 @@ class RoomHub:
         # Flush: every audit row queued so far is on disk before stop() returns.
         await asyncio.get_running_loop().run_in_executor(None, self._audit_writer.shutdown, True)
 
+    async def say_bye(self, reason: str) -> None:
+        """Tell every page the session is over before its connection closes: a closed
+        channel alone reads as a network fault, and the page would retry a server that is
+        gone. Waits (bounded) until each goodbye is handed to the transport."""
+        self.broadcast({"type": "bye", "reason": reason, "code": "session_ended"})
+        deadline = time.monotonic() + BYE_FLUSH_S
+        while time.monotonic() < deadline and any(_unsent(p) for p in self.peers):
+            await asyncio.sleep(0.01)
+
     async def connect(self, claims: Claims, offer: OfferRequest) -> dict[str, Any]:
+        pending = sum(p.participant is None for p in self.peers)
+        if pending >= self.config.max_pending_peers:
+            msg = f"{pending} connections are still being set up in this session: try again in a few seconds"
+            raise PendingLimit(msg)
         peer = Peer(self, claims, offer.quality)
         self.peers.add(peer)
         try:
-            return await peer.answer(offer)
+            answer = await peer.answer(offer)
         except Exception:
             await self.remove(peer, "negotiation failed")
             raise
+        self.loop.call_later(self.config.connect_timeout_s, self._connect_deadline, peer)
+        return answer
+
+    def _connect_deadline(self, peer: Peer) -> None:
+        """A peer still not connected (half-open: ICE never completed, DTLS refused) is
+        closed, so it holds no UDP sockets and was never a participant."""
+        if peer in self.peers and peer.participant is None and not peer.dropping:
+            log.info(
+                "mentor peer %s dropped: not connected within %g s", peer.claims.name, self.config.connect_timeout_s
+            )
+            self.room.count("half_open")
+            peer.dropping = True
+            peer._spawn(self.remove(peer, "not connected in time"))
 
     async def remove(self, peer: Peer, reason: str) -> None:
         if peer not in self.peers:
@@ -270,8 +329,39 @@ class RoomHub:
             peer.send(payload)
 
     def broadcast_participants(self) -> None:
-        people = [p.participant.to_json() | {"quality": p.quality} for p in self.peers if p.participant is not None]
-        self.broadcast({"type": "participants", "list": people})
+        self._headset = self.headset_row()
+        self.broadcast({"type": "participants", "list": self.people(), "headset": self._headset})
+
+    def people(self) -> list[dict[str, Any]]:
+        """One row per person (a token's name and role) however many tabs they opened, the
+        oldest tab first: its id and quality lead the row, ``ids`` and ``tabs`` cover all."""
+        rows: dict[tuple[str, str], dict[str, Any]] = {}
+        joined = [p for p in self.peers if p.participant is not None]
+        for peer in sorted(joined, key=lambda p: p.participant.joined_ns if p.participant else 0):
+            part = peer.participant
+            assert part is not None
+            row = rows.get((part.name, part.role))
+            if row is None:
+                rows[(part.name, part.role)] = part.to_json() | {"quality": peer.quality, "ids": [part.id], "tabs": 1}
+            else:
+                row["ids"].append(part.id)
+                row["tabs"] += 1
+        return list(rows.values())
+
+    def headset_row(self, status: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The surgeon's headset as the mentors see it: connected (video or poses arriving)
+        and its tracking status, from the room's own status view."""
+        status = status or self.room.status_view()
+        pose_age_ms = status.get("pose_age_ms")
+        now = time.monotonic()
+        video = self.last_video_at is not None and now - self.last_video_at < HEADSET_SEEN_S
+        posing = pose_age_ms is not None and pose_age_ms < HEADSET_SEEN_S * 1000
+        return {
+            "name": "surgeon's headset",
+            "role": "headset",
+            "connected": video or posing,
+            "tracking": status["tracking"],
+        }
 
     def _drop_stale_peers(self) -> None:
         """Drop peers that pinged and then went silent (a killed browser says no goodbye)
@@ -283,7 +373,7 @@ class RoomHub:
                 continue
             if peer.claims.expires_at <= wall:
                 reason = "token expired"
-                peer.send({"type": "error", "error": "token expired: ask for a new link"})
+                peer.send({"type": "error", "error": "token expired: ask for a new link", "code": "token_expired"})
             elif peer.last_ping is not None and now - peer.last_ping > self.config.peer_silence_s:
                 reason = "silent"
             else:
@@ -308,6 +398,9 @@ class RoomHub:
             await asyncio.sleep(period)
             try:
                 self._drop_stale_peers()
-                self.broadcast(self.room.status_view())  # pages re-project marks with its P_image_model
+                status = self.room.status_view()
+                self.broadcast(status)  # pages re-project marks with its P_image_model
+                if self.peers and self.headset_row(status) != self._headset:
+                    self.broadcast_participants()  # the headset came, went, or changed tracking
             except Exception:  # a broadcast error must not stop the ticker
                 log.exception("mentor status tick failed")

@@ -27,14 +27,16 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
-from headset_bridge.messages import Annotation, AnnotationOpName
+from domain.annotation import Annotation, AnnotationOpName
+from domain.audit import AuditSink
+from domain.camera import PinholeIntrinsics
 from mentor.anchoring import Anchor, FramePose, MeshRayCaster, anchor_click, project_marks, projection_matrix
 from mentor.audio import check_pcm
 from mentor.frameclock import FrameClock
-from mentor.signalling import Annotate, Erase
+from mentor.model_view import anchor_model_point
+from mentor.occlusion import OcclusionCache
+from mentor.signalling import Annotate, Erase, Restore
 from mentor.tokens import Claims
-from registration.depth import PinholeIntrinsics
-from scrubin.audit import AuditLog
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +44,7 @@ MAX_STROKE_POINTS: Final = 64  # a stroke is resampled to this many anchored poi
 MAX_REMEMBERED_ACKS: Final = 10_000
 STALE_POSE_MS: Final = 500.0
 MAX_FRAMES_KEPT: Final = 600  # capture times of recent frames (20 s at 30 fps)
+MAX_ERASED_KEPT: Final = 100  # erased marks their eraser may still restore (undo)
 
 PublishAnnotation = Callable[[AnnotationOpName, Annotation | str], object]
 
@@ -119,7 +122,7 @@ class MentorRoom:
         caster: MeshRayCaster,
         camera: PinholeIntrinsics,
         publish_annotation: PublishAnnotation,
-        audit: AuditLog | None,
+        audit: AuditSink | None,
         publish_voice: Callable[[VoiceChunk], object] | None = None,
         max_pose_gap_ms: float = 100.0,
         pose_history_s: float = 5.0,
@@ -143,7 +146,11 @@ class MentorRoom:
         self._poses = _Poses()
         self._frames: deque[int] = deque(maxlen=MAX_FRAMES_KEPT)  # capture times of recent frames
         self._acks: OrderedDict[tuple[str, str], Ack] = OrderedDict()
+        self._erased: OrderedDict[str, tuple[str, Mark]] = OrderedDict()  # id -> (eraser's nonce, mark)
         self._ids = itertools.count(1)
+        self.model_glb: bytes | None = None  # the 3D view's model (GLB); None: the ray-casting mesh
+        self._occlusion = OcclusionCache(caster)
+        self._voice_failing = False
 
     # -- other threads ---------------------------------------------------------
     def push_video(self, rgb: npt.NDArray[np.uint8], t_capture_ns: int) -> None:
@@ -203,8 +210,8 @@ class MentorRoom:
     def count(self, reason: str) -> None:
         self.counters[reason] = self.counters.get(reason, 0) + 1
 
-    def join(self, claims: Claims, quality: str) -> Participant:
-        pid = secrets.token_hex(4)
+    def join(self, claims: Claims, quality: str, pid: str | None = None) -> Participant:
+        pid = pid or secrets.token_hex(4)
         p = Participant(pid, claims.name, claims.role, quality, time.time_ns())
         self.participants[pid] = p
         self._audit(claims.name, claims.role, "join", participant=pid, quality=quality)
@@ -256,8 +263,29 @@ class MentorRoom:
         if mark.anchored:
             self.publish_annotation("delete", req.id)  # raises: the mark stays, the page re-sends
         del self.marks[req.id]
-        self._audit(claims.name, claims.role, "erase", id=req.id)
+        self._erased[req.id] = (claims.nonce, mark)
+        while len(self._erased) > MAX_ERASED_KEPT:
+            self._erased.popitem(last=False)
+        # Both names: a mentor erasing another's mark is on record as such.
+        self._audit(claims.name, claims.role, "erase", id=req.id, author=mark.annotation.author)
         return self._remember(key, Ack(req.cid, True, id=req.id))
+
+    def restore(self, claims: Claims, req: Restore) -> Ack:
+        """Undo an erase: only the same link (token) that erased the mark may bring it back."""
+        key = (claims.nonce, req.cid)
+        early = self._answered_or_refused(claims, key, "restore")
+        if early is not None:
+            return early
+        found = self._erased.get(req.id)
+        if found is None or found[0] != claims.nonce:
+            return self._remember(key, Ack(req.cid, False, id=req.id, error=f"no mark {req.id!r} erased by you"))
+        mark = found[1]
+        if mark.anchored:
+            self.publish_annotation("add", mark.annotation)  # raises: stays erased, the page re-sends
+        del self._erased[req.id]
+        self.marks[req.id] = mark
+        self._audit(claims.name, claims.role, "restore", id=req.id, author=mark.annotation.author)
+        return self._remember(key, Ack(req.cid, True, id=req.id, anchored=mark.anchored, reason=mark.reason))
 
     def _answered_or_refused(self, claims: Claims, key: tuple[str, str], verb: str) -> Ack | None:
         """The earlier answer to a re-sent message (applied once), or a refusal for a role
@@ -279,7 +307,10 @@ class MentorRoom:
     def _place(self, claims: Claims, req: Annotate, clock: FrameClock | None) -> Ack:
         uv = _resample(req.uv)
         t_capture_ns, unknown = self.frame_time(req, clock)
-        if unknown:
+        if req.point_model_mm is not None:  # a click on the 3D view: on the model already
+            anchor = anchor_model_point(self.caster, req.point_model_mm)  # ValueError: refused
+            anchors, reason, t_frame = [anchor], anchor.reason, None
+        elif unknown:
             anchors, reason, t_frame = [Anchor(False, None, p, unknown) for p in uv], unknown, None
         else:
             anchors, reason, t_frame = self._anchor_all(uv, t_capture_ns)
@@ -295,7 +326,7 @@ class MentorRoom:
             created_ns=time.time_ns(),
             text=req.text,
             color=req.color,
-            screen_xy=uv,
+            screen_xy=uv or None,
         )
         if anchored:
             self.publish_annotation("add", ann)  # first: a mark the headsets never got is not kept
@@ -367,6 +398,7 @@ class MentorRoom:
                 "color": a.color,
                 "anchored": m.anchored,
                 "reason": m.reason,
+                "created_ms": a.created_ns // 1_000_000,
                 "uv": uv_items,
             }
             if m.anchored:
@@ -386,16 +418,28 @@ class MentorRoom:
         if latest is not None:
             pose = latest[1]
             P = np.round(projection_matrix(self.camera, pose.T_world_camera, pose.T_world_model), 6).tolist()
-        return {"type": "status", "tracking": status, "pose_age_ms": age_ms, "P_image_model": P}
+        occluded = {} if latest is None else self._occluded(latest[0], latest[1])
+        return {"type": "status", "tracking": status, "pose_age_ms": age_ms, "P_image_model": P, "occluded": occluded}
+
+    def _occluded(self, t_pose_ns: int, pose: FramePose) -> dict[str, list[bool]]:
+        """{mark id: hidden flag per point} of the marks the anatomy hides, in part or whole."""
+        marks = [(i, m.annotation.points_mm) for i, m in self.marks.items() if m.anchored]
+        return self._occlusion.view(t_pose_ns, pose.T_world_camera, pose.T_world_model, marks)
 
     def voice(self, speaker: str, pcm: bytes, sample_rate: int) -> None:
         if self.publish_voice is None:
             return
         try:
             self.publish_voice(VoiceChunk(speaker, pcm, sample_rate, time.monotonic_ns()))
-        except Exception:  # voice is best effort: a chunk lost, never the connection
+        except Exception as exc:  # voice is best effort: a chunk lost, never the connection
             self.count("voice_error")
-            log.exception("publishing mentor voice failed")
+            # One line when voice starts failing (a bridge stopped before the mentor server,
+            # at shutdown, fails every chunk until the peers close): no traceback, no flood.
+            if not self._voice_failing:
+                log.warning("publishing mentor voice failed, chunks dropped until it works again: %s", exc)
+            self._voice_failing = True
+        else:
+            self._voice_failing = False
 
     def _audit(self, actor: str, role: str, action: str, **detail: Any) -> None:
         if self.audit is None:

@@ -21,6 +21,7 @@ MAX_POINTS: Final = 512
 MAX_TEXT: Final = 200
 MAX_RECENT: Final = 16
 MAX_SDP: Final = 128 * 1024
+MAX_MODEL_MM: Final = 10_000.0  # a model point further than 10 m from the model's origin is no anatomy
 _CID = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 _COLOUR = re.compile(r"^#[0-9a-fA-F]{6}$")
 
@@ -45,10 +46,20 @@ class Annotate:
     rtp_ts: float | None  # the viewer's timestamp of the frame shown when clicked (rVFC rtpTimestamp)
     t_capture_ns: int | None  # or the capture time itself (other clients); neither: latest pose
     rtp_recent: tuple[float, ...] = ()  # timestamps of the last presented frames, to calibrate
+    # A click on the 3D view: the model point itself (mm), no frame and no uv (then empty).
+    point_model_mm: tuple[float, float, float] | None = None
 
 
 @dataclass(frozen=True)
 class Erase:
+    cid: str
+    id: str
+
+
+@dataclass(frozen=True)
+class Restore:
+    """Undo of the sender's own erase: the mark comes back as it was."""
+
     cid: str
     id: str
 
@@ -63,7 +74,7 @@ class Ping:
     t: float
 
 
-ClientMessage = Annotate | Erase | Quality | Ping
+ClientMessage = Annotate | Erase | Restore | Quality | Ping
 
 
 def _json_object(text: str | bytes, what: str, limit: int) -> dict[str, Any]:
@@ -148,8 +159,12 @@ def _annotate(data: dict[str, Any]) -> Annotate:
     if kind not in KINDS:
         msg = f"annotate.kind must be one of {KINDS}, got {str(kind)[:40]!r}"
         raise SignallingError(msg)
-    uv = _uv(data.get("uv"))
-    if kind != "stroke" and len(uv) != 1:
+    point = _model_point(data.get("point_model_mm"))
+    if point is not None and (kind == "stroke" or data.get("uv") is not None):
+        msg = f"annotate.point_model_mm places one point or label and takes no uv, got kind {kind!r}"
+        raise SignallingError(msg)
+    uv = () if point is not None else _uv(data.get("uv"))
+    if kind != "stroke" and len(uv) != 1 and point is None:
         msg = f"annotate.uv of a {kind} must hold one point, got {len(uv)!r}"
         raise SignallingError(msg)
     text = data.get("text", "")
@@ -172,7 +187,19 @@ def _annotate(data: dict[str, Any]) -> Annotate:
         msg = f"annotate.rtp_recent must be a list of at most {MAX_RECENT} finite numbers, got {str(recent)[:80]!r}"
         raise SignallingError(msg)
     t = _optional_int(data, "t_capture_ns")
-    return Annotate(cid, kind, uv, text, color, None if rtp is None else float(rtp), t, tuple(float(r) for r in recent))
+    rtp_f = None if rtp is None else float(rtp)
+    return Annotate(cid, kind, uv, text, color, rtp_f, t, tuple(float(r) for r in recent), point)
+
+
+def _model_point(raw: Any) -> tuple[float, float, float] | None:
+    """A 3D-view click: [x, y, z] model mm, finite and within MAX_MODEL_MM of the origin."""
+    if raw is None:
+        return None
+    ok = isinstance(raw, list) and len(raw) == 3 and all(_finite(c) and abs(c) <= MAX_MODEL_MM for c in raw)
+    if not ok:
+        msg = f"annotate.point_model_mm must be [x, y, z], finite mm within {MAX_MODEL_MM:.0f}, got {str(raw)[:80]!r}"
+        raise SignallingError(msg)
+    return (float(raw[0]), float(raw[1]), float(raw[2]))
 
 
 def _finite(value: Any) -> bool:
@@ -185,12 +212,12 @@ def parse_message(text: str | bytes, limit: int = 64 * 1024) -> ClientMessage:
     kind = data.get("type")
     if kind == "annotate":
         return _annotate(data)
-    if kind == "erase":
+    if kind in ("erase", "restore"):
         ident = data.get("id")
         if not isinstance(ident, str) or not 0 < len(ident) <= 128:
-            msg = f"erase.id must be a non-empty str of at most 128 chars, got {str(ident)[:80]!r}"
+            msg = f"{kind}.id must be a non-empty str of at most 128 chars, got {str(ident)[:80]!r}"
             raise SignallingError(msg)
-        return Erase(_cid(data, "erase"), ident)
+        return Erase(_cid(data, kind), ident) if kind == "erase" else Restore(_cid(data, kind), ident)
     if kind == "quality":
         level = data.get("level")
         if level not in QUALITIES:
@@ -200,7 +227,7 @@ def parse_message(text: str | bytes, limit: int = 64 * 1024) -> ClientMessage:
     if kind == "ping":
         t = _field(data, "t", (int, float), "ping")
         return Ping(float(t))
-    msg = f"message.type must be annotate, erase, quality or ping, got {str(kind)[:40]!r}"
+    msg = f"message.type must be annotate, erase, restore, quality or ping, got {str(kind)[:40]!r}"
     raise SignallingError(msg)
 
 

@@ -5,8 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh test
-# The Khronos glTF validator (npm) checks model.glb; its test skips where node is absent.
-if command -v npm >/dev/null && [[ ! -d tests/tools/node_modules/gltf-validator ]]; then
+# The Khronos glTF validator (npm) checks model.glb, axe-core scans the mentor page; their tests
+# skip where node is absent.
+if command -v npm >/dev/null && [[ ! -d tests/tools/node_modules/gltf-validator || ! -d tests/tools/node_modules/axe-core ]]; then
     npm install --prefix tests/tools --silent --no-audit --no-fund 2>&1 | grep -v "Unknown user config" >&2 || true
 fi
 if [[ -z "${SCRUBIN_DATA_DIR:-}" && -d ../shared/data ]]; then

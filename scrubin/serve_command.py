@@ -19,6 +19,7 @@ from typing import Any
 from rich.console import Console
 
 from scrubin.config import Settings, dump_toml, load_settings
+from scrubin.invite_command import remove_mentor_url, write_mentor_url
 from scrubin.runtime import tune_for_service
 from scrubin.session_calibration import describe as describe_depth
 
@@ -64,9 +65,12 @@ def run_serve(config: Path | None, json_logs: bool) -> None:
     with stop_on_signals(stop):
         service = Service(settings, progress=lambda m: console.print(m)).start()
         try:
+            if service.mentor_url:  # scrubin invite reads the real address (the port may be 0)
+                write_mentor_url(settings.state_dir, service.mentor_url)
             _ready(service)
             _watch(service, stop, settings.status_interval_s)
         finally:
+            remove_mentor_url(settings.state_dir)
             service.stop()
     console.print("stopped: sockets closed, audit logs closed")
 
@@ -85,6 +89,8 @@ def _ready(service: Any) -> None:
             )
         url, token = service.mentor_link(name, "mentor", "mentor")
         lines.append(f"  mentor: {url}" if url else f"  mentor token (no mentor page in this build): {token}")
+        if url:
+            lines.append(f"  more links: scrubin invite {name} --role mentor|observer [--name NAME] [--ttl SECONDS]")
     lines.append("ready")
     console.print("\n".join(lines))
     sys.stdout.flush()

@@ -179,6 +179,7 @@ class TheatreSession:
         )
         self.bridge: BridgeServer = BridgeServer(keys.server, keys.allowlist, config)
         self.model: SurfaceModel | None = None
+        self.model_glb: bytes | None = None
         self.target_mm: F64 | None = None
         self.frames: deque[FrameRecord] = deque(maxlen=settings.history_frames)
         self.skipped = 0
@@ -325,6 +326,7 @@ class TheatreSession:
             self.audit,
             publish_voice=self._publish_voice,
         )
+        room.model_glb = self.model_glb
         self._mentor_server.add_room(room)
         self._mentor = room
         self.audit.append(*SYSTEM_ACTOR, "mentor room opened")
@@ -420,6 +422,7 @@ class TheatreSession:
             return False  # stopped while loading: the bridge and the audit log are closing
         self.bridge.set_model(glb)
         self.model = model
+        self.model_glb = glb  # the mentors' 3D view shows what the headsets show
         if self._slicer is not None:
             self._slicer.model_loaded(self.model_dir, model)
         self.audit.append(*SYSTEM_ACTOR, "model loaded", mesh=reg.mesh, vertices=len(model.vertices), target=reg.target)
@@ -623,11 +626,15 @@ class TheatreSession:
 
 # ------------------------------------------------------------------ helpers
 def _to_registration_frame(frame: UplinkDepth) -> Any:
+    """Registration's depth frame: z-depth along the optical axis (a "ray" frame is
+    converted: docs/headset-protocol.md 6.2)."""
     from registration import DepthFrame, PinholeIntrinsics
+    from registration.depth import ray_to_z
 
     h, w = frame.depth.shape
     fx, fy, cx, cy = frame.intrinsics
-    return DepthFrame(frame.depth, PinholeIntrinsics(w, h, fx, fy, cx, cy), depth_unit_mm=frame.depth_unit_mm)
+    out = DepthFrame(frame.depth, PinholeIntrinsics(w, h, fx, fy, cx, cy), depth_unit_mm=frame.depth_unit_mm)
+    return ray_to_z(out) if frame.depth_kind == "ray" else out
 
 
 def markerless(model: SurfaceModel, depth: Any, reg: RegistrationSettings) -> Estimate:

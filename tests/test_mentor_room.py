@@ -11,7 +11,7 @@ from mentor_fixtures import CAMERA, SESSION, Published, Scene, make_scene, rigid
 
 from mentor.frameclock import FrameClock
 from mentor.room import MentorRoom
-from mentor.signalling import Annotate, Erase
+from mentor.signalling import Annotate, Erase, Restore
 from mentor.tokens import issue, new_secret, verify
 from scrubin.audit import AuditLog, read_events
 
@@ -176,3 +176,44 @@ def test_a_failing_bridge_keeps_nothing_half_done(scene: Scene, tmp_path: Path) 
     # Not remembered either: the page's re-send is tried again, not answered from memory.
     room.publish_annotation = Published()
     assert room.annotate(_claims(secret), _mark("c1")).anchored
+
+
+def test_an_erase_is_audited_with_both_names_and_only_its_eraser_restores_it(scene: Scene, tmp_path: Path) -> None:
+    room, published, secret = _room(scene, tmp_path)
+    room.push_pose(1_000_000_000, scene.pose())
+    author, eraser = _claims(secret, name="dr-b"), _claims(secret, name="dr-a")
+    mark = room.annotate(author, _mark("c1"))
+    assert mark.anchored and room.erase(eraser, Erase("e1", mark.id)).ok
+    refused = room.restore(author, Restore("r0", mark.id))  # not the one who erased it
+    assert not refused.ok and refused.error == f"no mark {mark.id!r} erased by you"
+    back = room.restore(eraser, Restore("r1", mark.id))
+    assert back.ok and back.anchored and mark.id in room.marks
+    assert [(op, getattr(a, "id", a)) for op, a in published.ops] == [
+        ("add", mark.id),
+        ("delete", mark.id),
+        ("add", mark.id),
+    ]
+    assert room.restore(eraser, Restore("r1", mark.id)).duplicate  # a re-send is applied once
+    assert room.marks_view()["items"][0]["created_ms"] > 0
+    assert room.audit is not None
+    room.audit.close()
+    events = [e for e in read_events(tmp_path / "a.sqlite") if e.action in ("erase", "restore")]
+    assert [(e.action, e.actor, e.detail["author"]) for e in events] == [
+        ("erase", "dr-a", "dr-b"),
+        ("restore", "dr-a", "dr-b"),
+    ]
+
+
+def test_failing_voice_is_one_log_line_without_a_traceback(
+    scene: Scene, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    def stopped_bridge(chunk: object) -> None:
+        raise RuntimeError("bridge stopped")
+
+    room = MentorRoom(SESSION, new_secret(), scene.caster, CAMERA, Published(), None, publish_voice=stopped_bridge)
+    with caplog.at_level("WARNING", logger="mentor.room"):
+        for _ in range(5):
+            room.voice("dr-v", b"\0\0" * 160, 16_000)
+    assert room.counters["voice_error"] == 5
+    assert len(caplog.records) == 1 and caplog.records[0].exc_info is None
+    assert "bridge stopped" in caplog.records[0].getMessage()

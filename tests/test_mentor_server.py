@@ -75,7 +75,8 @@ def test_offer_without_a_valid_token_is_401_and_audited(served: Served, token: s
         token = issue(new_secret(), SESSION, "mentor", "dr-m")
     for path in ("offer", "config"):
         status, body = post(f"{served.url}/s/{SESSION}/{path}", {"type": "offer", "sdp": "v=0"}, token)
-        assert (status, body) == (401, {"error": error})
+        code = "token_expired" if error == "token expired" else "token_refused"  # the page stops retrying on it
+        assert (status, body) == (401, {"error": error, "code": code})
     events = audit_events(served.audit_path, lambda ev: sum(e.action == "refused" for e in ev) >= 2)
     refused = [e for e in events if e.action == "refused"]
     assert len(refused) == 2 and refused[0].detail["reason"] == error

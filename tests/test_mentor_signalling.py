@@ -29,7 +29,7 @@ def test_good_messages_parse() -> None:
     ("raw", "error"),
     [
         ("[]", "message must be a JSON object, got '[]'"),
-        ('{"type": "hack"}', "message.type must be annotate, erase, quality or ping, got 'hack'"),
+        ('{"type": "hack"}', "message.type must be annotate, erase, restore, quality or ping, got 'hack'"),
         ('{"type": "annotate", "cid": "a b"}', "annotate.cid must be 1-64 letters, digits or _.:-, got 'a b'"),
         (
             '{"type": "annotate", "cid": "a", "kind": "point", "uv": []}',

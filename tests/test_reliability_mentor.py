@@ -155,8 +155,8 @@ def valid_viewer_works(s: Served, loop: LoopThread) -> None:
 HEADER_TEXT = st.text(alphabet=string.printable.strip() + " ", max_size=60)
 
 
-def _raw_post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
-    req = urllib.request.Request(url, data=body, headers=headers, method="POST")
+def _raw_post(url: str, body: bytes | None, headers: dict[str, str], method: str = "POST") -> tuple[int, bytes]:
+    req = urllib.request.Request(url, data=body, headers=headers, method=method)
     try:
         with urllib.request.urlopen(req, timeout=15) as r:
             return r.status, r.read()
@@ -201,7 +201,8 @@ def test_server_is_healthy_after_the_http_fuzz(served: Served, loop: LoopThread)
 
 
 # -- tokens on every endpoint -----------------------------------------------------------------
-PUBLIC_GETS = {"/s/{session}", "/static/{name}", "/favicon.ico"}  # the page holds no secret
+PUBLIC_GETS = {"/s/{session}", "/static/{name}", "/static/{name:.+}", "/favicon.ico"}  # the page holds no secret
+TOKEN_GETS = {"/s/{session}/model.glb"}  # the patient model: token in the header only
 
 
 def _routes(s: Served) -> list[tuple[str, str]]:
@@ -231,24 +232,28 @@ def test_every_endpoint_refuses_bad_tokens_with_401_and_one_line(
     served: Served, header: str | None, error: str
 ) -> None:
     routes = _routes(served)
-    token_routes = [path for method, path in routes if method == "POST"]
-    public = {path for method, path in routes if method in ("GET", "HEAD")}
+    token_routes = [(method, path) for method, path in routes if method == "POST" or path in TOKEN_GETS]
+    public = {path for method, path in routes if method in ("GET", "HEAD")} - TOKEN_GETS
     assert public <= PUBLIC_GETS, f"a new GET endpoint must be reviewed for tokens, got {public - PUBLIC_GETS}"
-    assert sorted(token_routes) == ["/s/{session}/config", "/s/{session}/offer"]
+    assert sorted(p for m, p in token_routes if m == "POST") == ["/s/{session}/config", "/s/{session}/offer"]
+    assert {p for m, p in token_routes if m in ("GET", "HEAD")} == TOKEN_GETS
     if header == "WRONG":
         header = f"Bearer {issue(new_secret(), SESSION, 'mentor', 'x')}"
     elif header == "EXPIRED":
         header = f"Bearer {issue(served.secret, SESSION, 'mentor', 'x', ttl_s=1, now=time.time() - 10)}"
     elif header == "OTHER_SESSION":
         header = f"Bearer {issue(served.secret, 'theatre-2', 'mentor', 'x')}"
-    for path in token_routes:
+    for method, path in token_routes:
         url = served.url + path.replace("{session}", SESSION)
         headers = {} if header is None else {"Authorization": header.encode("utf-8").decode("latin-1")}
         # the token must be in the header: one in the query string or the body does not count
-        status, raw = _raw_post(
-            url + f"?token={served.token()}", json.dumps({"token": served.token()}).encode(), headers
-        )
-        assert (status, json.loads(raw)) == (401, {"error": error})
+        body = json.dumps({"token": served.token()}).encode() if method == "POST" else None
+        status, raw = _raw_post(url + f"?token={served.token()}", body, headers, method)
+        if method == "HEAD":  # no body to read the reason from: the status says it
+            assert status == 401, (method, path, status)
+            continue
+        code = "token_expired" if error == "token expired" else "token_refused"  # the page stops retrying on it
+        assert (status, json.loads(raw)) == (401, {"error": error, "code": code})
 
 
 # -- data channel over a real aiortc connection ----------------------------------------------

@@ -10,8 +10,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 # Packages and modules held to mypy --strict (pyproject's [tool.mypy] settings).
-STRICT = ["imaging", "scrubin", "mentor", "headset_bridge", "registration"]
-LINTED = ["imaging", "scrubin", "registration", "headset_bridge", "mentor", "slicer_link", "tests", "bench"]
+STRICT = ["domain", "imaging", "scrubin", "mentor", "headset_bridge", "registration", "slicer_link"]
+LINTED = ["domain", "imaging", "scrubin", "registration", "headset_bridge", "mentor", "slicer_link", "tests", "bench"]
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:

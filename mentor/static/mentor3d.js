@@ -1,0 +1,387 @@
+// scrubin mentor page: the 3D view of the patient model (three.js, vendored; see vendor/three).
+// It shows the session's GLB, every anchored mark at its model point, the headset camera's
+// viewpoint (a frustum from the newest status's P_image_model) and the tracking status; a
+// mentor's click on the model sends an annotate message with that model point, which the
+// server anchors like a video click (and refuses when it is off the model surface).
+//
+// Frames: the GLB is glTF metres (+Y superior, +Z anterior); marks and clicks travel in patient
+// LPS millimetres: x_gltf = x / 1000, y_gltf = z / 1000, z_gltf = -y / 1000 (imaging/gltf.py).
+// The page's main script (mentor.js) owns the connection; this one reads window.mentor (its
+// state: marks, projection, tracking, role) and sends through window.mentor.send.
+import {
+  AmbientLight, Box3, BufferGeometry, CanvasTexture, Color, DirectionalLight, Group,
+  LineBasicMaterial, LineSegments, Mesh, MeshBasicMaterial, PerspectiveCamera,
+  Raycaster, Scene, SphereGeometry, Sprite, SpriteMaterial, Vector2, Vector3, WebGLRenderer,
+} from "/static/vendor/three/three.min.js";
+import { GLTFLoader, OrbitControls } from "/static/vendor/three/three.min.js";
+
+const MARK_RADIUS_M = 0.004;
+const CLICK_SLOP_PX = 5; // a press that moved further is an orbit drag, not a click
+const STATUS_COLOURS = { tracking: 0x44dd66, degraded: 0xffcc33, lost: 0xff5555 };
+
+const view = { // read by tests and by people debugging a session
+  loaded: false, error: null, triangles: 0, meshes: 0, renders: 0, sent: [],
+  marks: {}, // mark id -> model points (LPS mm) of its spheres, read back from three.js objects
+  frustum: null, // {centre_mm, corners_mm} of the headset camera, or null without a pose
+};
+window.mentor3d = view;
+
+const lpsToGltf = (p) => new Vector3(p[0] / 1000, p[2] / 1000, -p[1] / 1000);
+const gltfToLps = (v) => [v.x * 1000, -v.z * 1000, v.y * 1000];
+const $ = (id) => document.getElementById(id);
+
+function panel() {
+  let root = $("view3d");
+  if (!root) { // the page has no place for it: put it at the top of the side panel
+    root = document.createElement("section");
+    root.id = "view3d";
+    (document.querySelector("aside") || document.body).prepend(root);
+  }
+  root.setAttribute("aria-label", "3D view of the patient model");
+  const head = document.createElement("h2");
+  head.textContent = "Patient model (3D)";
+  const canvas = document.createElement("canvas");
+  canvas.id = "view3d-canvas";
+  canvas.setAttribute("aria-label", "3D model: drag to turn, wheel to zoom; click to place a mark");
+  const status = document.createElement("p");
+  status.id = "view3d-status";
+  status.setAttribute("role", "status");
+  status.textContent = "Loading the patient model…";
+  const bar = document.createElement("div");
+  bar.className = "view3d-bar";
+  const reset = document.createElement("button");
+  reset.type = "button";
+  reset.textContent = "Reset view";
+  const see = document.createElement("label");
+  const seeBox = document.createElement("input");
+  seeBox.type = "checkbox";
+  seeBox.id = "view3d-xray";
+  see.append(seeBox, " See-through skin");
+  bar.append(reset, see);
+  root.replaceChildren(head, canvas, bar, status);
+  return { root, canvas, status, reset, seeBox };
+}
+
+function say(ui, text, cls) {
+  ui.status.textContent = text;
+  ui.status.className = cls || "";
+}
+
+async function fetchModel() {
+  const state = window.mentor;
+  const r = await state.fetch("model.glb", { signal: AbortSignal.timeout(30000) });
+  if (!r.ok) {
+    const body = await r.json().catch(() => ({}));
+    throw new Error(body.error || `HTTP ${r.status}`);
+  }
+  return r.arrayBuffer();
+}
+
+function parseGlb(buffer) {
+  return new Promise((resolve, reject) => new GLTFLoader().parse(buffer, "", resolve, reject));
+}
+
+// -- the scene --------------------------------------------------------------------------
+function makeScene(ui) {
+  const renderer = new WebGLRenderer({ canvas: ui.canvas, antialias: true });
+  renderer.setPixelRatio(Math.min(window.devicePixelRatio || 1, 2));
+  const scene = new Scene();
+  scene.background = new Color(0x1a1a1a);
+  const camera = new PerspectiveCamera(35, 4 / 3, 0.005, 10);
+  scene.add(new AmbientLight(0xffffff, 0.55));
+  const sun = new DirectionalLight(0xffffff, 1.6);
+  camera.add(sun); // light from the viewer: the side looked at is always lit
+  scene.add(camera);
+  const controls = new OrbitControls(camera, ui.canvas);
+  const marks = new Group();
+  const frustum = new Group();
+  scene.add(marks, frustum);
+  return { renderer, scene, camera, controls, marks, frustum, model: null, box: null, dirty: true };
+}
+
+function addModel(s, gltf) {
+  let triangles = 0, meshes = 0;
+  const skins = [];
+  gltf.scene.traverse((o) => {
+    if (!o.isMesh) return;
+    meshes += 1;
+    const g = o.geometry;
+    triangles += (g.index ? g.index.count : g.attributes.position.count) / 3;
+    if (!g.attributes.normal) { g.computeVertexNormals(); o.material.flatShading = false; o.material.needsUpdate = true; }
+    if (!o.material.transparent) skins.push(o);
+  });
+  s.model = gltf.scene;
+  s.scene.add(gltf.scene);
+  s.box = new Box3().setFromObject(gltf.scene);
+  s.opaque = skins.slice(0, 1); // the first opaque mesh is the skin (imaging writes it first)
+  return { triangles, meshes };
+}
+
+// The view from the front-left-above, fitted to the model and, once there is a pose, the headset.
+function home(s) {
+  const box = s.box.clone();
+  if (view.frustum) box.expandByPoint(lpsToGltf(view.frustum.centre_mm));
+  const centre = box.getCenter(new Vector3());
+  const size = box.getSize(new Vector3()).length();
+  s.controls.target.copy(centre);
+  // In front (anterior), from the patient's left and above: the face, one side and the
+  // headset's frustum in front of them are all in sight.
+  s.camera.position.copy(centre).add(new Vector3(0.5 * size, 0.3 * size, 0.85 * size));
+  s.camera.near = size / 100;
+  s.camera.far = size * 20;
+  s.camera.updateProjectionMatrix();
+  s.controls.update();
+  s.dirty = true;
+}
+
+function resize(s, ui) {
+  const w = ui.canvas.clientWidth || 320, h = ui.canvas.clientHeight || 240;
+  const c = ui.canvas;
+  const pr = s.renderer.getPixelRatio();
+  if (c.width === Math.round(w * pr) && c.height === Math.round(h * pr)) return;
+  s.renderer.setSize(w, h, false);
+  s.camera.aspect = w / h;
+  s.camera.updateProjectionMatrix();
+  s.dirty = true;
+}
+
+// -- marks ------------------------------------------------------------------------------
+function marksKey(items) {
+  return JSON.stringify((items || []).filter((m) => m.anchored && m.points_mm).map((m) => [m.id, m.color, m.points_mm]));
+}
+
+function buildMarks(s, items) {
+  for (const child of [...s.marks.children]) {
+    if (child.material.map) child.material.map.dispose();
+    child.geometry.dispose(); child.material.dispose();
+  }
+  s.marks.clear();
+  view.marks = {};
+  const size = s.box ? s.box.getSize(new Vector3()).length() : 0.3;
+  const radius = Math.max(MARK_RADIUS_M, size / 150);
+  for (const m of items || []) {
+    if (!m.anchored || !m.points_mm || !m.points_mm.length) continue;
+    const colour = new Color(m.color || "#ffcc00");
+    // Marks stay visible through the skin: the mentor must see one placed on the far side.
+    const material = new MeshBasicMaterial({ color: colour, depthTest: false, transparent: true, opacity: 0.95 });
+    const points = m.kind === "stroke" ? m.points_mm : m.points_mm.slice(0, 1);
+    const placed = [];
+    for (const p of points) {
+      const ball = new Mesh(new SphereGeometry(m.kind === "stroke" ? radius * 0.6 : radius, 16, 12), material.clone());
+      ball.position.copy(lpsToGltf(p));
+      ball.renderOrder = 2;
+      ball.userData.markId = m.id;
+      s.marks.add(ball);
+      placed.push(ball);
+    }
+    material.dispose();
+    if (m.text) s.marks.add(label(m.text, m.color, placed[0].position, size));
+    view.marks[m.id] = placed.map((b) => gltfToLps(b.getWorldPosition(new Vector3())));
+  }
+  s.dirty = true;
+}
+
+// A mark's text beside it: white on dark with the mark's colour as its edge, as on the video.
+function label(text, colour, at, size) {
+  const c = document.createElement("canvas");
+  const g = c.getContext("2d");
+  const font = "600 28px system-ui, sans-serif";
+  g.font = font;
+  c.width = Math.ceil(g.measureText(text).width) + 20;
+  c.height = 40;
+  g.font = font; // resizing the canvas reset it
+  g.fillStyle = "rgba(0, 0, 0, 0.75)"; g.fillRect(0, 0, c.width, c.height);
+  g.strokeStyle = colour; g.lineWidth = 4; g.strokeRect(2, 2, c.width - 4, c.height - 4);
+  g.fillStyle = "#fff"; g.textBaseline = "middle"; g.fillText(text, 10, c.height / 2 + 1);
+  const sprite = new Sprite(new SpriteMaterial({ map: new CanvasTexture(c), depthTest: false, transparent: true }));
+  const h = size / 22;
+  sprite.scale.set((h * c.width) / c.height, h, 1);
+  sprite.center.set(-0.08, -0.3); // up and to the right of the mark
+  sprite.position.copy(at);
+  sprite.renderOrder = 3;
+  return sprite;
+}
+
+// -- the headset's viewpoint: P_image_model = K [R | t] maps model mm to pixels ---------------
+function inverse3(a) {
+  const [[a0, a1, a2], [b0, b1, b2], [c0, c1, c2]] = a;
+  const det = a0 * (b1 * c2 - b2 * c1) - a1 * (b0 * c2 - b2 * c0) + a2 * (b0 * c1 - b1 * c0);
+  if (!Number.isFinite(det) || Math.abs(det) < 1e-12) return null;
+  return [
+    [(b1 * c2 - b2 * c1) / det, (a2 * c1 - a1 * c2) / det, (a1 * b2 - a2 * b1) / det],
+    [(b2 * c0 - b0 * c2) / det, (a0 * c2 - a2 * c0) / det, (a2 * b0 - a0 * b2) / det],
+    [(b0 * c1 - b1 * c0) / det, (a1 * c0 - a0 * c1) / det, (a0 * b1 - a1 * b0) / det],
+  ];
+}
+const mul3 = (m, v) => m.map((r) => r[0] * v[0] + r[1] * v[1] + r[2] * v[2]);
+
+// The camera centre and its image corners at depth w (mm) in model mm, from P: X = M^-1 (w [u, v, 1] - p4).
+function frustumOf(P, cam, depthMm) {
+  const Minv = inverse3(P.map((r) => r.slice(0, 3)));
+  if (!Minv) return null;
+  const p4 = P.map((r) => r[3]);
+  const centre = mul3(Minv, p4.map((x) => -x));
+  const corners = [[0, 0], [cam.width, 0], [cam.width, cam.height], [0, cam.height]].map(([u, v]) =>
+    mul3(Minv, [u * depthMm - p4[0], v * depthMm - p4[1], depthMm - p4[2]]));
+  return { centre_mm: centre, corners_mm: corners };
+}
+
+function buildFrustum(s, P, tracking) {
+  for (const child of [...s.frustum.children]) { child.geometry.dispose(); child.material.dispose(); }
+  s.frustum.clear();
+  view.frustum = null;
+  if (!P || !s.box) { s.dirty = true; return; }
+  const cam = (window.mentor && window.mentor.camera) || { width: 640, height: 480 };
+  const centreM = s.box.getCenter(new Vector3());
+  // A small pyramid at the headset camera (its field of view drawn to the anatomy would fill
+  // the view), and its optical axis out to the depth of the model's centre.
+  const f0 = frustumOf(P, cam, 1);
+  if (!f0) return;
+  const distance = lpsToGltf(f0.centre_mm).distanceTo(centreM) * 1000;
+  const f = frustumOf(P, cam, Math.min(60, distance / 3));
+  const axis = frustumOf(P, cam, distance);
+  view.frustum = f;
+  const c = lpsToGltf(f.centre_mm), k = f.corners_mm.map(lpsToGltf);
+  const segs = [];
+  for (let i = 0; i < 4; i += 1) segs.push(c, k[i], k[i], k[(i + 1) % 4]);
+  const mid = (q) => q.reduce((a, b) => a.add(b), new Vector3()).multiplyScalar(0.25);
+  segs.push(mid(k), mid(axis.corners_mm.map(lpsToGltf)));
+  const g = new BufferGeometry().setFromPoints(segs);
+  const colour = STATUS_COLOURS[tracking] ?? STATUS_COLOURS.lost;
+  s.frustum.add(new LineSegments(g, new LineBasicMaterial({ color: colour })));
+  const eye = new Mesh(new SphereGeometry(s.box.getSize(new Vector3()).length() / 80, 12, 8), new MeshBasicMaterial({ color: colour }));
+  eye.position.copy(c);
+  s.frustum.add(eye);
+  s.dirty = true;
+}
+
+// -- clicks on the model -> marks ------------------------------------------------------------
+function pick(s, ui, clientX, clientY) {
+  const r = ui.canvas.getBoundingClientRect();
+  const ndc = new Vector2(((clientX - r.left) / r.width) * 2 - 1, -((clientY - r.top) / r.height) * 2 + 1);
+  const ray = new Raycaster();
+  ray.setFromCamera(ndc, s.camera);
+  const hit = ray.intersectObject(s.model, true)[0];
+  return hit ? gltfToLps(hit.point) : null;
+}
+
+function placeMark(pointMm) {
+  const state = window.mentor;
+  if (!state.mayAnnotate) return "Observers cannot mark.";
+  const tool = document.querySelector("input[name=tool]:checked");
+  const kind = tool && tool.value === "label" ? "label" : "point";
+  if (tool && (tool.value === "stroke" || tool.value === "erase")) return `In the 3D view: point or label only (${tool.value} is for the video).`;
+  const colour = $("colour");
+  const msg = {
+    type: "annotate",
+    cid: `3d-${Date.now().toString(36)}-${Math.random().toString(36).slice(2, 8)}`,
+    kind,
+    point_model_mm: pointMm.map((c) => Math.round(c * 100) / 100),
+    color: colour ? colour.value : "#ffcc00",
+  };
+  if (kind === "label") msg.text = ($("labeltext") && $("labeltext").value) || "label";
+  view.sent.push(msg);
+  state.send(msg);
+  return "";
+}
+
+// Screen (client) coordinates where a model point (LPS mm) shows in the 3D view: tests click there.
+function screenOf(s, ui, pointMm) {
+  const v = lpsToGltf(pointMm).project(s.camera);
+  const r = ui.canvas.getBoundingClientRect();
+  return { x: r.left + ((v.x + 1) / 2) * r.width, y: r.top + ((1 - v.y) / 2) * r.height, inView: Math.abs(v.z) <= 1 };
+}
+
+// -- start ------------------------------------------------------------------------------
+function hasWebGL() {
+  const c = document.createElement("canvas");
+  return Boolean(c.getContext("webgl2") || c.getContext("webgl"));
+}
+
+function waitForJoin(ui) { // the model is fetched with the page's token once the config call said who we are
+  return new Promise((resolve) => {
+    const tick = () => {
+      const state = window.mentor;
+      if (state && state.role && state.fetch) { resolve(state); return; }
+      if (state && ["refused", "expired", "ended", "unreachable"].includes(state.phase)) say(ui, "3D view: waiting to join the session.", "bad");
+      setTimeout(tick, 200);
+    };
+    tick();
+  });
+}
+
+async function start() {
+  const ui = panel();
+  if (!hasWebGL()) { view.error = "no WebGL"; say(ui, "3D view unavailable: this browser has no WebGL.", "bad"); return; }
+  await waitForJoin(ui);
+  const s = makeScene(ui);
+  try {
+    const gltf = await parseGlb(await fetchModel());
+    Object.assign(view, addModel(s, gltf));
+  } catch (e) {
+    view.error = String(e.message || e);
+    say(ui, `3D view: the model could not be loaded (${view.error}).`, "bad");
+    return;
+  }
+  home(s);
+  resize(s, ui);
+  view.loaded = true;
+  view.screenOf = (p) => screenOf(s, ui, p);
+  view.pick = (x, y) => pick(s, ui, x, y);
+  // Drawn only when something changed (a drag, new marks, a new pose), not at the display's
+  // rate: an idle 3D view costs the mentor's machine next to nothing.
+  let queued = false;
+  const paint = () => {
+    queued = false;
+    if (s.dirty) { s.dirty = false; s.renderer.render(s.scene, s.camera); view.renders += 1; }
+  };
+  const schedule = () => { if (!queued) { queued = true; requestAnimationFrame(paint); } };
+  s.controls.addEventListener("change", () => { s.dirty = true; schedule(); });
+  s.controls.addEventListener("start", () => { s.moved = true; }); // the mentor's own view: kept
+  ui.reset.addEventListener("click", () => { home(s); schedule(); });
+  ui.seeBox.addEventListener("change", () => {
+    for (const o of s.opaque) { o.material.transparent = ui.seeBox.checked; o.material.opacity = ui.seeBox.checked ? 0.3 : 1; o.material.depthWrite = !ui.seeBox.checked; o.material.needsUpdate = true; }
+    s.dirty = true;
+    schedule();
+  });
+  let down = null;
+  ui.canvas.addEventListener("pointerdown", (ev) => { down = { x: ev.clientX, y: ev.clientY }; });
+  ui.canvas.addEventListener("pointerup", (ev) => {
+    if (!down || Math.hypot(ev.clientX - down.x, ev.clientY - down.y) > CLICK_SLOP_PX) { down = null; return; }
+    down = null;
+    const p = pick(s, ui, ev.clientX, ev.clientY);
+    const why = p ? placeMark(p) : "No anatomy there: click on the model.";
+    if (why) say(ui, why, "fair");
+  });
+
+  let seen = { marks: null, P: undefined, tracking: null, key: "" };
+  function sync() { // the page's marks, pose and tracking, read 10 times a second
+    const state = window.mentor;
+    resize(s, ui);
+    let told = false;
+    if (state.marks !== seen.marks) {
+      seen.marks = state.marks;
+      const key = marksKey(state.marks);
+      if (key !== seen.key) { seen.key = key; buildMarks(s, state.marks); told = true; }
+    }
+    const tracking = Date.now() - (state.statusAt || 0) > 1500 ? "lost" : state.tracking;
+    if (state.projection !== seen.P || tracking !== seen.tracking) {
+      seen.P = state.projection; seen.tracking = tracking;
+      const first = !view.frustum;
+      buildFrustum(s, state.projection, tracking);
+      if (first && view.frustum && !s.moved) home(s); // fit the headset in too, once
+      view.tracking = tracking;
+      told = true;
+    }
+    if (told) {
+      const n = Object.keys(view.marks).length;
+      say(ui, `Headset: ${tracking}${state.projection ? "" : " (no pose yet)"} · ${n} mark${n === 1 ? "" : "s"} on the model`,
+        tracking === "tracking" ? "good" : tracking === "degraded" ? "fair" : "bad");
+    }
+    if (s.dirty) schedule();
+  }
+  sync();
+  setInterval(sync, 100);
+}
+
+start();
