@@ -19,7 +19,9 @@ import numpy.typing as npt
 
 MM_PER_M = 1000.0
 R_GLTF_LPS: npt.NDArray[np.float64] = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]])
-T_GLTF_LPS: npt.NDArray[np.float64] = np.block([[R_GLTF_LPS / MM_PER_M, np.zeros((3, 1))], [np.zeros((1, 3)), np.ones((1, 1))]])
+T_GLTF_LPS: npt.NDArray[np.float64] = np.block(
+    [[R_GLTF_LPS / MM_PER_M, np.zeros((3, 1))], [np.zeros((1, 3)), np.ones((1, 1))]]
+)
 T_LPS_GLTF: npt.NDArray[np.float64] = np.linalg.inv(T_GLTF_LPS).astype(np.float64)
 
 
