@@ -47,6 +47,22 @@ def project(camera: PinholeIntrinsics, points_camera: F64) -> tuple[F64, npt.NDA
 
 
 @dataclass(frozen=True)
+class VideoCamera:
+    """The camera of one video frame as the headset sent it (docs/headset-protocol.md 6.2):
+    its pinhole model in the frame's own pixels and its pose in the headset's world (mm)."""
+
+    intrinsics: PinholeIntrinsics
+    T_world_camera: F64
+
+    def scaled_to(self, width: int, height: int) -> PinholeIntrinsics:
+        """The intrinsics for the same image shown at ``width`` x ``height`` (pixel centres
+        at integer coordinates: a pixel's centre u maps to (u + 0.5) * s - 0.5)."""
+        K = self.intrinsics
+        sx, sy = width / K.width, height / K.height
+        return PinholeIntrinsics(width, height, K.fx * sx, K.fy * sy, (K.cx + 0.5) * sx - 0.5, (K.cy + 0.5) * sy - 0.5)
+
+
+@dataclass(frozen=True)
 class FramePose:
     """What was known when the video frame was captured (all 4x4, mm)."""
 

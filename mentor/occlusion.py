@@ -82,7 +82,7 @@ class OcclusionCache:
     def view(
         self, t_pose_ns: int, T_world_camera: F64, T_world_model: F64, marks: list[MarkPoints]
     ) -> dict[str, list[bool]]:
-        key = (t_pose_ns, *marks)
+        key = (t_pose_ns, np.asarray(T_world_camera).tobytes(), *marks)  # a video frame may bring its own camera
         if key == self._key:
             return self._view
         self._key, self._view = key, {}

@@ -21,7 +21,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
 import numpy as np
@@ -30,7 +30,15 @@ import numpy.typing as npt
 from domain.annotation import Annotation, AnnotationOpName
 from domain.audit import AuditSink
 from domain.camera import PinholeIntrinsics
-from mentor.anchoring import Anchor, FramePose, MeshRayCaster, anchor_click, project_marks, projection_matrix
+from mentor.anchoring import (
+    Anchor,
+    FramePose,
+    MeshRayCaster,
+    VideoCamera,
+    anchor_click,
+    project_marks,
+    projection_matrix,
+)
 from mentor.audio import check_pcm
 from mentor.frameclock import FrameClock
 from mentor.model_view import anchor_model_point
@@ -145,6 +153,8 @@ class MentorRoom:
         self._lock = threading.Lock()  # poses and frame times: written from other threads
         self._poses = _Poses()
         self._frames: deque[int] = deque(maxlen=MAX_FRAMES_KEPT)  # capture times of recent frames
+        self._video_cameras: OrderedDict[int, VideoCamera] = OrderedDict()  # frames that brought their camera
+        self._latest_video_ns: int | None = None
         self._acks: OrderedDict[tuple[str, str], Ack] = OrderedDict()
         self._erased: OrderedDict[str, tuple[str, Mark]] = OrderedDict()  # id -> (eraser's nonce, mark)
         self._ids = itertools.count(1)
@@ -153,13 +163,19 @@ class MentorRoom:
         self._voice_failing = False
 
     # -- other threads ---------------------------------------------------------
-    def push_video(self, rgb: npt.NDArray[np.uint8], t_capture_ns: int) -> None:
-        """A headset video frame (H, W, 3) uint8 RGB; any thread."""
+    def push_video(self, rgb: npt.NDArray[np.uint8], t_capture_ns: int, camera: VideoCamera | None = None) -> None:
+        """A headset video frame (H, W, 3) uint8 RGB; any thread. ``camera``: the frame's own
+        camera when the headset sent one; None: the configured camera at the depth camera's pose."""
         if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
             msg = f"video frame must be (H, W, 3) uint8, got {rgb.shape!r} {rgb.dtype}"
             raise ValueError(msg)
         with self._lock:
             self._frames.append(t_capture_ns)
+            self._latest_video_ns = t_capture_ns
+            if camera is not None:
+                self._video_cameras[t_capture_ns] = camera
+                while len(self._video_cameras) > MAX_FRAMES_KEPT:
+                    self._video_cameras.popitem(last=False)
         listener = self.video_listener
         if listener is not None:
             listener(rgb, t_capture_ns)
@@ -358,7 +374,8 @@ class MentorRoom:
             )
             return [Anchor(False, None, p, why) for p in uv], why, t_capture_ns
         t_pose, pose = found
-        anchors = [anchor_click(u, v, self.camera, pose, self.caster) for u, v in uv]
+        camera, seen = self._seen_from(t_capture_ns, pose)
+        anchors = [anchor_click(u, v, camera, seen, self.caster) for u, v in uv]
         misses = [a for a in anchors if not a.anchored]
         if not misses:
             return anchors, "hit the model", t_capture_ns if t_capture_ns is not None else t_pose
@@ -375,9 +392,9 @@ class MentorRoom:
         projected = [m for m in marks if m.anchored]
         where: dict[str, list[list[float | bool]]] = {}
         if latest is not None and projected:
-            pose = latest[1]
+            camera, pose = self._seen_from(None, latest[1])
             pts = np.concatenate([np.asarray(m.annotation.points_mm, np.float64).reshape(-1, 3) for m in projected])
-            uv, visible = project_marks(pts, self.camera, pose.T_world_camera, pose.T_world_model)
+            uv, visible = project_marks(pts, camera, pose.T_world_camera, pose.T_world_model)
             rows = [[u, v, s] for (u, v), s in zip(np.round(uv, 1).tolist(), visible.tolist(), strict=True)]
             start = 0
             for m in projected:
@@ -414,12 +431,24 @@ class MentorRoom:
             age_ms = ((time.monotonic_ns() if now_ns is None else now_ns) - latest[0]) / 1e6
         if age_ms is not None and age_ms > STALE_POSE_MS:
             status = "lost"  # the registration loop went quiet: never show an old pose as live
-        P = None
+        P, occluded = None, {}
         if latest is not None:
-            pose = latest[1]
-            P = np.round(projection_matrix(self.camera, pose.T_world_camera, pose.T_world_model), 6).tolist()
-        occluded = {} if latest is None else self._occluded(latest[0], latest[1])
+            camera, pose = self._seen_from(None, latest[1])
+            P = np.round(projection_matrix(camera, pose.T_world_camera, pose.T_world_model), 6).tolist()
+            occluded = self._occluded(latest[0], pose)
         return {"type": "status", "tracking": status, "pose_age_ms": age_ms, "P_image_model": P, "occluded": occluded}
+
+    def _seen_from(self, t_frame_ns: int | None, pose: FramePose) -> tuple[PinholeIntrinsics, FramePose]:
+        """The camera that took the video frame at ``t_frame_ns`` (None: the newest frame)
+        and the pose seen from it: the frame's own camera when the headset sent one (the
+        model's place in the world comes from registration either way), else the
+        configured camera at the depth camera's pose."""
+        with self._lock:
+            t = self._latest_video_ns if t_frame_ns is None else t_frame_ns
+            own = None if t is None else self._video_cameras.get(t)
+        if own is None:
+            return self.camera, pose
+        return own.scaled_to(self.camera.width, self.camera.height), replace(pose, T_world_camera=own.T_world_camera)
 
     def _occluded(self, t_pose_ns: int, pose: FramePose) -> dict[str, list[bool]]:
         """{mark id: hidden flag per point} of the marks the anatomy hides, in part or whole."""

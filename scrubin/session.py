@@ -612,7 +612,7 @@ class TheatreSession:
             self.video_frames += 1
             self.latest_video = (rgb, t)
             if self._mentor is not None:
-                self._mentor.push_video(rgb, t)
+                self._mentor.push_video(rgb, t, _video_camera(frame))
 
     def _media_waiting(self) -> bool:
         for name, info in self.bridge.headsets().items():
@@ -654,6 +654,17 @@ def markerless(model: SurfaceModel, depth: Any, reg: RegistrationSettings) -> Es
         centre = np.array([0.0, 0.0, float(np.median(valid)) + reg.init_crop_depth_mm])
         pts = pts[np.linalg.norm(pts - centre, axis=1) < reg.init_crop_radius_mm]
     return initial_alignment(model, pts)
+
+
+def _video_camera(frame: UplinkVideo) -> Any:
+    """The frame's own camera (``mentor.anchoring.VideoCamera``) when the headset sent one."""
+    if frame.intrinsics is None or frame.T_world_camera is None:
+        return None
+    from mentor.anchoring import VideoCamera
+    from registration import PinholeIntrinsics
+
+    fx, fy, cx, cy = frame.intrinsics
+    return VideoCamera(PinholeIntrinsics(frame.width, frame.height, fx, fy, cx, cy), frame.T_world_camera)
 
 
 def _decode_video(frame: Any) -> npt.NDArray[np.uint8] | None:

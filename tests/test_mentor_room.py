@@ -217,3 +217,36 @@ def test_failing_voice_is_one_log_line_without_a_traceback(
     assert room.counters["voice_error"] == 5
     assert len(caplog.records) == 1 and caplog.records[0].exc_info is None
     assert "bridge stopped" in caplog.records[0].getMessage()
+
+
+def test_a_video_frame_with_its_own_camera_anchors_with_that_camera(scene: Scene, tmp_path: Path) -> None:
+    """docs/headset-protocol.md 6.2: a video frame may bring its intrinsics (in its own pixel
+    size) and pose; a click on it anchors through that camera, not the configured one at the
+    depth camera's pose."""
+    from domain.camera import PinholeIntrinsics
+    from mentor.anchoring import VideoCamera, projection_matrix
+
+    room, _, secret = _room(scene, tmp_path)
+    t = 1_000_000_000
+    room.push_pose(t, scene.pose())
+    target = scene.expected_hit(330.0, 250.0)  # a point on the sphere the depth camera sees
+    assert target is not None
+    T_video = rigid((0.0, 0.08, 0.0), (30.0, -10.0, 5.0)) @ scene.T_world_camera  # a camera beside it
+    half = PinholeIntrinsics(320, 240, 260.0, 259.0, 159.5, 119.5)  # sent at half the page's size
+    room.push_video(synthetic_frame(t), t, VideoCamera(half, T_video))
+    P = projection_matrix(
+        VideoCamera(half, T_video).scaled_to(CAMERA.width, CAMERA.height), T_video, scene.T_world_model
+    )
+    x, y, w = P @ np.append(target, 1.0)
+    u, v = x / w, y / w
+    assert 0 <= u < CAMERA.width and 0 <= v < CAMERA.height and abs(u - 330.0) > 20.0
+    ack = room.annotate(_claims(secret), _mark("c1", u, v, t_capture_ns=t))
+    assert ack.anchored and np.linalg.norm(np.asarray(ack.point_model_mm) - target) < 1.0, (ack, target)
+    # The status's projection is the newest frame's camera: the page draws the mark there.
+    P_page = np.asarray(room.status_view()["P_image_model"])
+    xp, yp, wp = P_page @ np.append(target, 1.0)
+    assert abs(xp / wp - u) < 0.5 and abs(yp / wp - v) < 0.5
+    # Control: the same click on a frame without its own camera lands elsewhere.
+    room.push_video(synthetic_frame(t + 1), t + 1)
+    other = room.annotate(_claims(secret), _mark("c2", u, v, t_capture_ns=t + 1))
+    assert other.point_model_mm is None or np.linalg.norm(np.asarray(other.point_model_mm) - target) > 5.0
