@@ -205,8 +205,10 @@ def connection_cap(configured: int, fd_soft_limit: int) -> int:
 @dataclass
 class LoopErrorFilter:
     """The loop's exception handler: socket-level errors (accept out of descriptors, a reset
-    during a TLS handshake) become one counted line per ``log_every_s`` without a traceback;
-    anything else goes to the loop's default handler."""
+    during a TLS handshake, a peer's transport that closed under a pending send, e.g.
+    aiortc's "Cannot send (encrypted) data, not connected" when a page goes away) become
+    one counted line per ``log_every_s`` without a traceback; anything else goes to the
+    loop's default handler."""
 
     log_every_s: float = LOG_EVERY_S
     clock: Callable[[], float] = time.monotonic
@@ -215,13 +217,15 @@ class LoopErrorFilter:
 
     def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         message = str(context.get("message", ""))
-        if not message.startswith(NOISY_LOOP_ERRORS):
+        exc = context.get("exception")
+        if isinstance(exc, ConnectionError):
+            message = f"{message}: {exc}"  # a peer gone: its own words, one line
+        elif not message.startswith(NOISY_LOOP_ERRORS):
             loop.default_exception_handler(context)
             return
         self.suppressed += 1
         now = self.clock()
         if now - self._last_log >= self.log_every_s:
-            exc = context.get("exception")
             log.warning("mentor server: %s (%s); %d such errors so far", message, type(exc).__name__, self.suppressed)
             self._last_log = now
 

@@ -451,8 +451,13 @@ def test_loop_socket_errors_become_one_counted_line(caplog: pytest.LogCaptureFix
             for _ in range(1000):  # what asyncio reports on each turn once descriptors run out
                 filt(loop, {"message": "socket.accept() out of system resource", "exception": OSError(24, "EMFILE")})
             filt(loop, {"message": "something else"})  # goes to the loop's default handler
+            now[0] += 60.0  # next window: a page that closed under a pending SCTP send
+            gone = ConnectionError("Cannot send encrypted data, not connected")
+            for _ in range(3):
+                filt(loop, {"message": "Task exception was never retrieved", "exception": gone})
     finally:
         loop.close()
     guard_lines = [r for r in caplog.records if r.name == "mentor.guard"]
-    assert len(guard_lines) == 1 and guard_lines[0].exc_info is None and filt.suppressed == 1000
+    assert len(guard_lines) == 2 and all(r.exc_info is None for r in guard_lines) and filt.suppressed == 1003
+    assert "not connected" in guard_lines[1].getMessage()
     assert any(r.name == "asyncio" and "something else" in r.getMessage() for r in caplog.records)

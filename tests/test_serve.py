@@ -277,7 +277,8 @@ def test_lost_tracking_reinitialises_from_the_last_trusted_pose(tmp_path: Path) 
         assert _until(lambda: len(session.records()) == 18, 5.0)
     records = session.records()
     status = [r.status for r in records]
-    assert status[5] == "tracking" and status[6:10] == ["lost"] * 4 and status[-1] == "tracking", status
+    reasons = [(r.status, r.event, round(r.predicted_tre_mm, 2), r.tracker_ms) for r in records]
+    assert status[5] == "tracking" and status[6:10] == ["lost"] * 4 and status[-1] == "tracking", reasons
     assert [r.event for r in records].count("reinit") == 1
     target = np.append(model.target("lesion"), 1.0)
     tre = [np.linalg.norm((r.T_sensor_model @ target - truth[r.frame_seq] @ target)[:3]) for r in records]
