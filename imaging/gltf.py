@@ -1,14 +1,5 @@
-"""The GLB writer; the LPS-to-glTF convention itself is declared once in domain/gltf_frame.py.
-
-glTF 2.0 is right-handed, +Y up, +Z forward (the asset's front), metres. The patient model
-is put so that the patient stands up (+Y = superior) and faces the viewer (+Z = anterior):
-
-    x_gltf = x_lps / 1000      (patient left)
-    y_gltf = z_lps / 1000      (superior)
-    z_gltf = -y_lps / 1000     (anterior = -posterior)
-
-``T_GLTF_LPS`` is that map as a 4x4 (a proper rotation times a 1/1000 scale, det > 0, so
-triangle winding and outward normals are kept). Headset clients undo it with ``T_LPS_GLTF``.
+"""The GLB writer. Patient LPS millimetres become glTF metres (+Y superior, +Z anterior)
+by the one convention declared in domain/gltf_frame.py (``T_GLTF_LPS``), re-exported here.
 """
 
 from __future__ import annotations

@@ -366,3 +366,13 @@ def chromium_page(extra_flags: tuple[str, ...] = ()) -> Iterator[Any]:
                 browser.close()
     finally:
         shutil.rmtree(profile, ignore_errors=True)
+
+
+def click_video(page: Any, u: float, v: float) -> dict[str, Any]:
+    """Click video pixel (u, v) as a user would; the page's acknowledgement of the mark."""
+    n = page.evaluate("mentor.acks.length")
+    pt = page.evaluate(f"mentor.screenPoint({u}, {v})")
+    page.mouse.click(pt["x"], pt["y"])
+    page.wait_for_function(f"mentor.acks.length > {n}")
+    ack: dict[str, Any] = page.evaluate("mentor.acks[mentor.acks.length - 1]")
+    return ack

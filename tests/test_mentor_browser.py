@@ -19,6 +19,7 @@ from mentor_fixtures import (
     Served,
     audit_events,
     chromium_page,
+    click_video,
     make_scene,
     serve,
     stop,
@@ -71,13 +72,7 @@ def _open(page: Any, served: Served, token: str) -> None:
     page.wait_for_function("window.mentor && (window.mentor.conn === 'connected' || window.mentor.error)")
 
 
-def _click(page: Any, u: float, v: float) -> dict[str, Any]:
-    n = page.evaluate("mentor.acks.length")
-    pt = page.evaluate(f"mentor.screenPoint({u}, {v})")
-    page.mouse.click(pt["x"], pt["y"])
-    page.wait_for_function(f"mentor.acks.length > {n}")
-    ack: dict[str, Any] = page.evaluate("mentor.acks[mentor.acks.length - 1]")
-    return ack
+_click = click_video  # the one click helper, in mentor_fixtures
 
 
 def test_mentor_sees_video_and_marks_land_on_the_model_at_the_headset(

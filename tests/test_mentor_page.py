@@ -24,6 +24,7 @@ from mentor_fixtures import (
     Served,
     audit_events,
     chromium_page,
+    click_video,
     make_scene,
     serve,
     stop,
@@ -85,13 +86,7 @@ def _shot(page: Any, name: str) -> None:
         page.screenshot(path=str(Path(folder) / f"{name}.png"))
 
 
-def _click(page: Any, u: float, v: float) -> dict[str, Any]:
-    n = page.evaluate("mentor.acks.length")
-    pt = page.evaluate(f"mentor.screenPoint({u}, {v})")
-    page.mouse.click(pt["x"], pt["y"])
-    page.wait_for_function(f"mentor.acks.length > {n}")
-    ack: dict[str, Any] = page.evaluate("mentor.acks[mentor.acks.length - 1]")
-    return ack
+_click = click_video  # the one click helper, in mentor_fixtures
 
 
 def _refusals(served: Served) -> int:
