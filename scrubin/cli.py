@@ -195,6 +195,37 @@ def serve(
 
 
 @app.command()
+def invite(
+    session: Annotated[str, typer.Argument(help="Theatre session name (as in the configuration).")],
+    role: Annotated[
+        str, typer.Option("--role", help="mentor (may place marks) or observer (watches only).")
+    ] = "observer",
+    ttl: Annotated[
+        float | None, typer.Option("--ttl", help="Link lifetime in seconds (default: mentor.token_ttl_s).")
+    ] = None,  # noqa: UP007
+    name: Annotated[
+        str | None, typer.Option("--name", help="Name shown to the others and in the audit log (default: the role).")
+    ] = None,  # noqa: UP007
+    url: Annotated[
+        str | None,
+        typer.Option("--url", help="Base address of the mentor page (default: the one the running serve recorded)."),
+    ] = None,  # noqa: UP007
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="The TOML settings file scrubin serve runs with.")
+    ] = None,  # noqa: UP007
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of internal errors.")] = False,
+) -> None:
+    """Print a mentor-page link (mentor or observer) for a session of a running scrubin serve."""
+    from scrubin.config import ConfigError
+    from scrubin.invite_command import InviteError
+
+    with one_line_errors((ConfigError, InviteError), debug):
+        from scrubin.invite_command import run_invite
+
+        run_invite(config, session, role, name, ttl, url)
+
+
+@app.command()
 def demo(
     seconds: Annotated[
         float | None, typer.Option("--seconds", help="Stop after this many seconds of streaming (default: Ctrl-C).")
@@ -204,6 +235,9 @@ def demo(
         bool, typer.Option("--headless", help="Plain periodic lines instead of the live view.")
     ] = False,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the simulated headset (noise, dropouts).")] = 1,
+    rate: Annotated[
+        float, typer.Option("--rate", help="Depth frames per second the simulated headset sends (AHAT: 45).")
+    ] = 45.0,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of internal errors.")] = False,
 ) -> None:
     """The whole loop on the SYNTHETIC phantom with a simulated headset; writes a report."""
@@ -214,7 +248,7 @@ def demo(
     with one_line_errors((ConfigError, ServiceError, DemoError), debug):
         from scrubin.demo import run_demo_command
 
-        run_demo_command(seconds, report, headless, seed)
+        run_demo_command(seconds, report, headless, seed, rate)
 
 
 if __name__ == "__main__":

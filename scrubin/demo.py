@@ -56,6 +56,7 @@ class DemoOptions:
     seed: int = 1
     mark_after_s: float = 1.0  # tracking this long before the scripted mentor marks
     start_timeout_s: float = 120.0
+    rate_hz: float = 45.0  # depth frames/s the simulated headset sends (HoloLens 2 AHAT: 45)
 
 
 @dataclass
@@ -92,6 +93,7 @@ def run_demo(opts: DemoOptions, say: Callable[[str], None], stop: threading.Even
     ]
     with tempfile.TemporaryDirectory(prefix="scrubin-demo-") as tmp:
         keys, headset_args = _keys(Path(tmp))
+        headset_args += ["--cache-dir", str(settings.cache_dir), "--rate", str(opts.rate_hz)]  # its rendered loop
         service = Service(settings, keys={SESSION: keys}).start()
         try:
             session = service.sessions[SESSION]
@@ -99,6 +101,7 @@ def run_demo(opts: DemoOptions, say: Callable[[str], None], stop: threading.Even
             try:
                 _wait_ready(run, opts, stop)
                 _announce_mentor(service, say)  # only now is the session's mentor room open
+                _announce_loop(run.feed.loop, say)
                 say(f"streaming: simulated headset '{HEADSET}' -> session '{SESSION}' ({session.bridge.ctl_endpoint})")
                 t0 = time.monotonic()
                 _live(run, opts, stop, t0, say)
@@ -122,13 +125,23 @@ def _keys(tmp: Path) -> tuple[SessionKeys, list[str]]:
     return keys, ["--server-key", str(server_pub), "--key", str(headset_secret)]
 
 
+def _announce_loop(loop: dict[str, Any], say: Callable[[str], None]) -> None:
+    if loop and not loop.get("cached"):
+        say(
+            f"first run: the simulated headset renders its {loop.get('total')}-frame loop while it streams "
+            f"(its camera moving at the renderer's pace until then), then caches it in {loop.get('path')}"
+        )
+
+
 def _announce_mentor(service: Service, say: Callable[[str], None]) -> None:
-    url, token = service.mentor_link(SESSION, "mentor", "demo-mentor")
-    if url is None:
-        say("mentor page: not running (disabled, or mentor.server is not available in this build)")
-        say(f"mentor token for session '{SESSION}': {token}")
-    else:
-        say(f"mentor page: {url}")
+    """One link per role: a mentor's (may mark) and an observer's (watches only)."""
+    for role, name in (("mentor", "demo-mentor"), ("observer", "demo-observer")):
+        url, token = service.mentor_link(SESSION, role, name)
+        if url is None:
+            say(f"{role} page: not running (disabled, or mentor.server is not available in this build)")
+            say(f"{role} token for session '{SESSION}': {token}")
+        else:
+            say(f"{role} page: {url}")
 
 
 def _start_headset(
@@ -288,7 +301,7 @@ def _stop_headset(run: _Run) -> None:
     run.feed.done.wait(5.0)
 
 
-def run_demo_command(seconds: float | None, report: Path, headless: bool, seed: int) -> Path:
+def run_demo_command(seconds: float | None, report: Path, headless: bool, seed: int, rate_hz: float = 45.0) -> Path:
     """The CLI side: console output, Ctrl-C, the report; returns the report page."""
     tune_for_service()
     from rich.console import Console
@@ -298,7 +311,9 @@ def run_demo_command(seconds: float | None, report: Path, headless: bool, seed: 
 
     console = Console(highlight=False, soft_wrap=True)
     headless = headless or not console.is_terminal
-    opts = DemoOptions(seconds=seconds, report_dir=report, headless=headless, seed=seed)
+    if not rate_hz > 0:
+        raise DemoError(f"--rate must be a positive number of frames per second, got {rate_hz!r}")
+    opts = DemoOptions(seconds=seconds, report_dir=report, headless=headless, seed=seed, rate_hz=rate_hz)
     stop = threading.Event()
     with stop_on_signals(stop):
         result = run_demo(opts, lambda m: console.print(m), stop)
@@ -308,8 +323,17 @@ def run_demo_command(seconds: float | None, report: Path, headless: bool, seed: 
         f"tracking {100 * m['tracking_share_after_lock']:.1f} % after lock, TRE p95 {m['tre_tracking_p95_mm']:.3f} mm, "
         f"depth in -> pose at headset p95 {m['in_to_pose_p95_ms']:.2f} ms, capture -> headset p95 {m['total_p95_ms']:.2f} ms"
     )
+    console.print(_rate_line(m))
     console.print(f"report: {page}")
     return page
+
+
+def _rate_line(m: dict[str, Any]) -> str:
+    sent = m.get("headset_sent_fps")
+    return (
+        f"depth rate: headset sent {'n/a' if sent is None else f'{sent:.1f}'} frames/s (paced at "
+        f"{m.get('headset_rate_hz')} Hz), server registered {m['registered_fps']:.1f} /s, tracking {m['tracking_fps']:.1f} /s"
+    )
 
 
 def _notes(result: DemoResult) -> list[str]:

@@ -1,19 +1,20 @@
-"""The demo's simulated headset: HeadsetSimulator depth frames through the reference client.
+"""The demo's simulated headset: a cached, looped HeadsetSimulator trajectory through the reference client.
 
-``python -m scrubin.demo_headset --pub EP --ctl EP --server-key FILE --key FILE --model DIR``
+``python -m scrubin.demo_headset --pub EP --ctl EP --server-key FILE --key FILE --model DIR --cache-dir DIR``
 
-It ray-casts AHAT-like frames of the patient model (the virtual surgeon moves around the
-head, hands and an instrument pass through), sends each with its camera pose in the headset
-world plus a video frame for mentors, and listens for poses and annotations. It renders in
-lock-step: the next frame once this frame's pose is back, so the simulator's CPU does not
-compete with the loop it measures (a real headset renders on its own chip). Simulated motion
-advances 1/45 s per frame, so every frame sees the motion between two real AHAT frames even
-though rendering is slower than 45 Hz.
+Ray casting an AHAT-like frame takes ~50-70 ms here, too slow for the sensor's 45 Hz, so a
+few seconds of motion that returns to its start (the virtual surgeon moves around the head,
+hands and an instrument pass through) are rendered once and cached
+(``scrubin.demo_trajectory``), then streamed in a loop at ``--rate`` Hz, paced by frame
+deadlines on the monotonic clock. Each frame goes out with its camera pose in the headset
+world (every third with a video frame for mentors: ``--video-rate``, 15 Hz); its capture
+time is its send time, and its ground truth comes from the cache. Poses and annotations are handled between frames.
 
 One JSON object per line on stdout (the demo collects them):
 ``ready``; ``frame`` (seq, headset capture time, ground-truth T_sensor_model); ``view``
 (a newly applied pose: status, live, TRE at the target); ``rx`` (per-pose receipt times);
-``ann`` (an annotation op applied); ``snapshot`` (a PNG written); ``summary``.
+``ann`` (an annotation op applied); ``snapshot`` (a PNG written); ``summary`` (with the
+achieved rate). The cache build's progress goes to stderr, on one line.
 Stops on SIGTERM, SIGINT or after ``--max-seconds``.
 """
 
@@ -25,7 +26,6 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,9 +33,15 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-SIM_RATE_HZ = 45.0
-LOCKSTEP_WAIT_S = 1.0
-VIDEO_W, VIDEO_H = 640, 480
+from scrubin.demo_trajectory import VIDEO_H, VIDEO_LUT, VIDEO_W, Cursor, Loop, LoopSource, LoopSpec, Pacer, video_index
+
+SIM_RATE_HZ = 45.0  # HoloLens 2 AHAT
+POLL_SLICE_S = 0.005  # longest wait for poses between two frames
+DEFAULT_SWITCH_INTERVAL_S = sys.getswitchinterval()
+# Video for the mentors at a PV camera's streaming rate (and the demo's rate before it ran at
+# the depth sensor's): every depth frame's 900 kB RGB frame would cost both processes CPU the
+# tracking loop needs on a small machine.
+VIDEO_RATE_HZ = 15.0
 # Where the patient lies in the headset's world (mm): anything rigid will do.
 T_WORLD_MODEL = np.array(
     [
@@ -55,13 +61,7 @@ def emit(event: str, **data: Any) -> None:
 def video_frame(depth_mm: npt.NDArray[np.uint16], model_mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.uint8]:
     """A 640x480 RGB 'camera' image of the same camera: shaded depth, skin-tinted where the
     model is seen, padded and cropped from 512x512 (so cx += 64, cy -= 16)."""
-    d = depth_mm.astype(np.float32)
-    grey = np.where(d > 0, np.clip(1.15 - (d - 250.0) / 600.0, 0.15, 1.0), 0.0)
-    rgb = np.empty((*d.shape, 3), dtype=np.float32)
-    tint = np.where(model_mask[..., None], [1.0, 0.78, 0.66], [0.55, 0.7, 0.85])
-    rgb[:] = grey[..., None] * tint
-    out = np.zeros((VIDEO_H, VIDEO_W, 3), dtype=np.uint8)
-    out[:, 64:576] = (rgb[16:496] * 255).astype(np.uint8)
+    out: npt.NDArray[np.uint8] = VIDEO_LUT[video_index(depth_mm, model_mask)]
     return out
 
 
@@ -83,19 +83,8 @@ class _State:
     views: int = 0
     annotations: int = 0
     first_live_ns: int | None = None
-
-
-FrameItem = tuple[Any, npt.NDArray[np.uint8]]
-
-
-def _frames(sim: Any) -> Iterator[FrameItem]:
-    """Render on demand, in the client's thread (lock-step, see ``run``)."""
-    k = 0
-    while True:
-        t = k / SIM_RATE_HZ
-        f = sim.render(sim.pose(t), int(t * 1e9))
-        yield f, video_frame(f.depth.depth, f.model_mask)
-        k += 1
+    first_sent_ns: int | None = None
+    last_sent_ns: int | None = None
 
 
 def _connect(args: argparse.Namespace) -> Any:
@@ -106,22 +95,29 @@ def _connect(args: argparse.Namespace) -> Any:
     return HeadsetClient(load_keypair(args.key), config)
 
 
-def _send(client: Any, f: Any, rgb: npt.NDArray[np.uint8], st: _State) -> int:
+def _send(client: Any, loop: Loop, k: int, st: _State, video: bool = True) -> int:
+    """Loop frame ``k``, captured now (a real sensor's frame is sent as it is captured),
+    with its video frame when ``video``."""
     from registration.frames import invert
 
-    K = f.depth.intrinsics
-    T_world_camera = T_WORLD_MODEL @ invert(f.T_sensor_model)
+    T_sensor_model = loop.T_sensor_model[k]
+    depth = loop.depth[k]
+    T_world_camera = T_WORLD_MODEL @ invert(T_sensor_model)
     t_cap = time.monotonic_ns()
-    seq = int(client.send_depth(f.depth.depth, T_world_camera, (K.fx, K.fy, K.cx, K.cy), 1.0, t_capture_ns=t_cap))
-    client.send_video(rgb.tobytes(), VIDEO_W, VIDEO_H, "rgb8", t_capture_ns=t_cap)
+    seq = int(client.send_depth(depth, T_world_camera, loop.intrinsics, 1.0, t_capture_ns=t_cap))
+    if video:
+        client.send_video(loop.rgb(k).tobytes(), VIDEO_W, VIDEO_H, "rgb8", t_capture_ns=t_cap)
+    if st.first_sent_ns is None:
+        st.first_sent_ns = t_cap
+    st.last_sent_ns = t_cap
     st.truth[seq] = T_world_camera
-    st.last_depth[seq] = f.depth.depth
+    st.last_depth[seq] = depth
     for old in [s for s in st.last_depth if s < seq - 90]:  # poses come back within a few frames
         del st.last_depth[old]
     for old in [s for s in st.truth if s < seq - 2000]:
         del st.truth[old]
     st.sent += 1
-    emit("frame", seq=seq, t_cap=t_cap, T=f.T_sensor_model.reshape(16).tolist())
+    emit("frame", seq=seq, t_cap=t_cap, T=T_sensor_model.reshape(16).tolist())
     return seq
 
 
@@ -176,8 +172,8 @@ def _render_snapshots(st: _State, out: Path, model: Any, intrinsics: tuple[float
         emit("snapshot", label=label, path=str(path))
 
 
-def _poll(client: Any, st: _State, target: npt.NDArray[np.float64], seen: list[int]) -> None:
-    client.poll(0.002)
+def _poll(client: Any, st: _State, target: npt.NDArray[np.float64], seen: list[int], wait_s: float = 0.0) -> None:
+    client.poll(wait_s)
     log = client.pose_log
     for r in list(log)[seen[0] :]:
         emit("rx", pose=r.seq, t_recv=r.t_recv_ns + r.offset_ns, t_send=r.t_send_ns, t_cap=r.t_capture_ns)
@@ -189,16 +185,35 @@ def _poll(client: Any, st: _State, target: npt.NDArray[np.float64], seen: list[i
         _on_view(client, view, st, target)
 
 
-def _stream(client: Any, sim: Any, st: _State, target: npt.NDArray[np.float64], deadline: float, stop: Any) -> None:
-    frames = _frames(sim)
+def _stream(
+    client: Any,
+    source: LoopSource,
+    st: _State,
+    target: npt.NDArray[np.float64],
+    deadline: float,
+    stop: Any,
+    rate_hz: float,
+    video_hz: float = VIDEO_RATE_HZ,
+) -> None:
+    """Loop frames at ``rate_hz`` on frame deadlines, handling poses while waiting. The
+    trajectory follows the clock: a slot missed (the process was not scheduled) skips its
+    frame, as a sensor would."""
+    pacer = Pacer(rate_hz)
+    video_every = max(1, round(rate_hz / video_hz))  # depth slots per video frame
+    cursor = Cursor(source.total)
     seen = [0, -1, -1]  # receipts handled, last pose seq, newest frame seq answered
+    last_slot = -1
+    shown = [source.available()]
     while not stop.is_set() and time.monotonic() < deadline:
-        sent = _send(client, *next(frames), st)
-        wait_until = time.monotonic() + LOCKSTEP_WAIT_S  # the first alignment takes about this long
-        while True:
-            _poll(client, st, target, seen)
-            if seen[2] >= sent or time.monotonic() >= wait_until or stop.is_set():
-                break
+        while (left := pacer.wait_s()) > 0 and not stop.is_set():
+            _poll(client, st, target, seen, min(left, POLL_SLICE_S))
+        slot = pacer.take()
+        k = cursor.advance(slot - last_slot, source.available())
+        source.want(k)
+        _send(client, source.loop, k, st, video=slot // video_every != last_slot // video_every)
+        last_slot = slot
+        _poll(client, st, target, seen)
+        _loop_progress(source, shown)
     _poll(client, st, target, seen)
     emit(
         "summary",
@@ -207,12 +222,35 @@ def _stream(client: Any, sim: Any, st: _State, target: npt.NDArray[np.float64], 
         annotations=st.annotations,
         shown_tracking_over_3mm=st.shown_tracking_over_3mm,
         counters=dict(client.counters.counts),
+        rate_hz=rate_hz,
+        achieved_hz=_achieved_hz(st),
+        slots_skipped=pacer.skipped,
+        loop_frames=source.total,
+        loop_cached=source.cached,  # False: rendered during this run (the first)
+        loop_rendered=source.available(),
     )
+
+
+def _loop_progress(source: LoopSource, shown: list[int]) -> None:
+    """A ``loop`` event per tenth of the first run's rendering, and one when cached."""
+    done = source.available()
+    if shown[0] == done or (done < source.total and 10 * done // source.total == 10 * shown[0] // source.total):
+        return
+    shown[0] = done
+    if done == source.total:
+        sys.setswitchinterval(DEFAULT_SWITCH_INTERVAL_S)  # no render thread any more
+    emit("loop", done=done, total=source.total, cached=source.cached, path=str(source.path), render_s=source.render_s)
+
+
+def _achieved_hz(st: _State) -> float | None:
+    if st.first_sent_ns is None or st.last_sent_ns is None or st.sent < 2 or st.last_sent_ns <= st.first_sent_ns:
+        return None
+    return (st.sent - 1) / ((st.last_sent_ns - st.first_sent_ns) / 1e9)
 
 
 def run(args: argparse.Namespace) -> int:
     from registration import SurfaceModel
-    from registration.simulator import HeadsetSimulator
+    from scrubin.demo_trajectory import open_loop
 
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -220,9 +258,11 @@ def run(args: argparse.Namespace) -> int:
     # The simulator only ray-casts: a coarse lookup grid keeps start-up short.
     model = SurfaceModel.from_folder(args.model, mesh="skin", grid_mm=8.0, band_mm=8.0)
     target = model.target(args.target)
-    sim = HeadsetSimulator(model, seed=args.seed)
-    sim.render(sim.pose(0.0))  # builds the ray-casting scenes before the link's heartbeats start
-    K = sim.K
+    spec = LoopSpec(seconds=args.loop_seconds, rate_hz=args.rate, seed=args.seed)
+    source = open_loop(model, args.model, args.cache_dir, spec)
+    emit("loop", done=source.available(), total=source.total, cached=source.cached, path=str(source.path))
+    if not source.complete:
+        sys.setswitchinterval(0.001)  # the render thread must not hold up a frame's deadline for long
     client = _connect(args)
     st = _State()
 
@@ -237,12 +277,13 @@ def run(args: argparse.Namespace) -> int:
             emit("error", message="no clock sync with the server within 10 s")
             return 2
         emit("ready")
-        _stream(client, sim, st, target, time.monotonic() + args.max_seconds, stop)
+        _stream(client, source, st, target, time.monotonic() + args.max_seconds, stop, args.rate, args.video_rate)
     finally:
         client.close()
+        source.close()  # a loop rendered in full is cached before leaving
     # After leaving the server: rendering takes seconds and the link is done.
     if args.snapshots is not None:
-        _render_snapshots(st, Path(args.snapshots), model, (K.fx, K.fy, K.cx, K.cy))
+        _render_snapshots(st, Path(args.snapshots), model, source.loop.intrinsics)
     return 0
 
 
@@ -256,8 +297,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--target", default="lesion")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--max-seconds", type=float, default=3600.0)
+    ap.add_argument("--rate", type=_positive, default=SIM_RATE_HZ, help="depth frames per second sent (default 45)")
+    ap.add_argument("--video-rate", type=_positive, default=VIDEO_RATE_HZ, help="video frames per second (default 15)")
+    ap.add_argument("--loop-seconds", type=_positive, default=LoopSpec.seconds, help="length of the rendered loop")
+    ap.add_argument("--cache-dir", type=Path, required=True, help="where the rendered loop is cached")
     ap.add_argument("--snapshots", type=Path, help="folder for overlay snapshots rendered at the end")
     return run(ap.parse_args(argv))
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0:
+        msg = f"must be a positive number, got {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return value
 
 
 if __name__ == "__main__":

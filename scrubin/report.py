@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,8 @@ HOPS = ("capture", "queue", "registration", "bridge", "in_to_pose", "total")
 GOAL_TOTAL_P95_MS = 12.0
 GOAL_TRACKING_SHARE = 0.95
 GOAL_TRE_P95_MM = 1.0
+GOAL_DEPTH_FPS = 40.0  # frames/s sent by the headset and registered by the server (AHAT: 45)
+SENT_RATE_WINDOW_NS = 2_000_000_000  # the live sent rate: over the last 2 s
 TRE_LIMIT_MM = 3.0
 STATUS_COLOURS = {"tracking": "#2ca02c", "degraded": "#ff7f0e", "lost": "#d62728"}
 
@@ -54,6 +57,8 @@ class Feed:
         self.annotations: list[dict[str, Any]] = []
         self.snapshots: list[str] = []
         self.summary: dict[str, Any] = {}
+        self.sent_at: deque[int] = deque(maxlen=512)  # headset capture (= send) times, its clock
+        self.loop: dict[str, Any] = {}  # the headset's rendered loop: cached, or rendered how far
         self._lock = threading.Lock()
 
     def read(self, stream: IO[str] | None) -> None:
@@ -72,6 +77,7 @@ class Feed:
         with self._lock:
             if kind == "frame":
                 self.truth[int(ev["seq"])] = np.asarray(ev["T"], dtype=np.float64).reshape(4, 4)
+                self.sent_at.append(int(ev["t_cap"]))
             elif kind == "rx":
                 self.rx[int(ev["pose"])] = (int(ev["t_recv"]), int(ev["t_send"]))
             elif kind == "view":
@@ -80,6 +86,8 @@ class Feed:
                 self.annotations.append(ev)
             elif kind == "snapshot":
                 self.snapshots.append(str(ev["path"]))
+            elif kind == "loop":
+                self.loop = ev
             elif kind == "summary":
                 self.summary = ev
             elif kind == "error":
@@ -90,6 +98,26 @@ class Feed:
     def copy(self) -> tuple[dict[int, F64], dict[int, tuple[int, int]]]:
         with self._lock:
             return dict(self.truth), dict(self.rx)
+
+    def sent_fps(self) -> float:
+        """Depth frames/s the headset sent over its last ``SENT_RATE_WINDOW_NS``."""
+        with self._lock:
+            times = list(self.sent_at)
+        recent = [t for t in times if times and t > times[-1] - SENT_RATE_WINDOW_NS]
+        return rate_per_s(recent)
+
+    def loop_note(self) -> str:
+        """While the headset still renders its loop (first run): how far, else ''."""
+        with self._lock:
+            done, total = self.loop.get("done"), self.loop.get("total")
+        return f"rendering loop {done}/{total}" if done is not None and done != total else ""
+
+
+def rate_per_s(times_ns: Sequence[int]) -> float:
+    """Events per second from their times: intervals over the span (0 below two events)."""
+    if len(times_ns) < 2 or times_ns[-1] <= times_ns[0]:
+        return 0.0
+    return (len(times_ns) - 1) / ((times_ns[-1] - times_ns[0]) / 1e9)
 
 
 # ------------------------------------------------------------------ joined rows
@@ -137,6 +165,11 @@ def join(records: Sequence[FrameRecord], truth: dict[int, F64], rx: dict[int, tu
     return Rows(t_s, [r.status for r in records], tre, hops, sum(r.skipped for r in records), steady, tracker)
 
 
+def _span_rate(t_s: F64, count: int) -> float:
+    span = float(t_s[-1] - t_s[0]) if len(t_s) > 1 else 0.0
+    return max(count - 1, 0) / span if span > 0 else 0.0
+
+
 def _pct(values: F64, q: float) -> float:
     v = values[np.isfinite(values)]
     return float(np.percentile(v, q)) if len(v) else float("nan")
@@ -161,6 +194,9 @@ def figures(rows: Rows, duration_s: float) -> dict[str, Any]:
         "frames_registered": n,
         "frames_skipped": rows.skipped,
         "fps": n / duration_s if duration_s > 0 else 0.0,
+        # Over the registered frames' own capture times: start-up and shut-down left out.
+        "registered_fps": _span_rate(rows.t_s, n),
+        "tracking_fps": _span_rate(rows.t_s, int(tracking.sum())),
         "duration_s": duration_s,
         "acquisition_s": float(rows.t_s[first]) if first < n else None,
         "tracking_share_after_lock": float(after.mean()) if len(after) else 0.0,
@@ -192,6 +228,9 @@ def assemble(
     m["headset_frames_sent"] = summary.get("sent")
     m["headset_shown_tracking_over_3mm"] = summary.get("shown_tracking_over_3mm")
     m["headset_views"] = summary.get("views")
+    m["headset_rate_hz"] = summary.get("rate_hz")
+    m["headset_sent_fps"] = summary.get("achieved_hz")
+    m["headset_slots_skipped"] = summary.get("slots_skipped")
     m["annotation"] = _annotation(mark, feed.annotations)
     m["goals"] = {
         "total_p95_ms<=12": _ok(m["total_p95_ms"] <= GOAL_TOTAL_P95_MS),
@@ -200,6 +239,9 @@ def assemble(
         "tre_tracking_p95_mm<=1": _ok(m["tre_tracking_p95_mm"] <= GOAL_TRE_P95_MM),
         "no_tracking_frame_over_3mm": _ok(
             m["tracking_frames_over_3mm"] == 0 and not m["headset_shown_tracking_over_3mm"]
+        ),
+        "depth_fps_sent_and_registered>=40": _ok(
+            min(m["headset_sent_fps"] or 0.0, m["registered_fps"]) >= GOAL_DEPTH_FPS
         ),
     }
     return DemoResult(rows, m, list(feed.snapshots))
@@ -230,19 +272,22 @@ def _annotation(mark: dict[str, Any], arrived: list[dict[str, Any]]) -> dict[str
 class LiveSummary:
     elapsed_s: float
     status: str
-    fps: float
+    fps: float  # registered by the server
     skipped: int
     tre_last_mm: float
     tre_p95_mm: float
     hops: dict[str, tuple[float, float]]  # p50, p95
+    sent_fps: float = 0.0  # depth frames/s sent by the headset
+    note: str = ""  # e.g. the headset's loop still being rendered
 
     def line(self) -> str:
         tot = self.hops.get("total", (float("nan"),) * 2)
         reg = self.hops.get("registration", (float("nan"),) * 2)
         return (
-            f"t={self.elapsed_s:5.1f}s {self.status:<9} {self.fps:5.1f} fps  TRE {self.tre_last_mm:5.2f} mm "
+            f"t={self.elapsed_s:5.1f}s {self.status:<9} depth {self.sent_fps:4.1f}/s sent {self.fps:4.1f}/s registered  TRE {self.tre_last_mm:5.2f} mm "
             f"(p95 {self.tre_p95_mm:.2f})  registration p50/p95 {reg[0]:.1f}/{reg[1]:.1f} ms  "
             f"total p50/p95 {tot[0]:.1f}/{tot[1]:.1f} ms  skipped {self.skipped}"
+            + (f"  {self.note}" if self.note else "")
         )
 
     def table(self) -> Any:
@@ -257,7 +302,10 @@ class LiveSummary:
             t.add_row(hop, f"{p50:.2f}", f"{p95:.2f}")
         t.add_section()
         t.add_row("TRE deep target (mm)", f"{self.tre_last_mm:.2f}", f"{self.tre_p95_mm:.2f}")
-        t.add_row("frames/s, skipped", f"{self.fps:.1f}", str(self.skipped))
+        t.add_row("depth frames/s sent (headset)", f"{self.sent_fps:.1f}", "")
+        t.add_row("frames/s registered, skipped", f"{self.fps:.1f}", str(self.skipped))
+        if self.note:
+            t.add_row(self.note, "", "")
         return t
 
 
@@ -269,7 +317,7 @@ def live_summary(
     rows = join(recent, truth, rx, target) if recent and target is not None else None
     if rows is None:
         nan = float("nan")
-        return LiveSummary(elapsed_s, "waiting", 0.0, 0, nan, nan, {})
+        return LiveSummary(elapsed_s, "waiting", 0.0, 0, nan, nan, {}, feed.sent_fps(), feed.loop_note())
     span = (recent[-1].t_capture_ns - recent[0].t_capture_ns) / 1e9
     tracking = np.array(rows.status) == "tracking"
     tre = rows.tre_mm
@@ -278,9 +326,13 @@ def live_summary(
         status=rows.status[-1],
         fps=(len(recent) - 1) / span if span > 0 else 0.0,
         skipped=skipped,
-        tre_last_mm=float(tre[-1]),
+        tre_last_mm=float(tre[np.isfinite(tre)][-1])
+        if np.isfinite(tre).any()
+        else float("nan"),  # truth can lag a frame
         tre_p95_mm=_pct(tre[tracking], 95),
         hops={h: (_pct(v[rows.steady], 50), _pct(v[rows.steady], 95)) for h, v in rows.hops_ms.items()},
+        sent_fps=feed.sent_fps(),
+        note=feed.loop_note(),
     )
 
 
@@ -322,11 +374,15 @@ def _markdown(result: DemoResult, plots: list[Path], directory: Path, notes: lis
         f"| tracking share from first lock >= 95 % | {100 * m['tracking_share_after_lock']:.1f} % | {m['goals']['tracking_share_after_lock>=0.95']} |",
         f"| TRE at the deep target (tracking frames) p95 <= 1 mm | {m['tre_tracking_p95_mm']:.3f} mm | {m['goals']['tre_tracking_p95_mm<=1']} |",
         f"| frames with TRE > 3 mm reported / shown as tracking: 0 | {m['tracking_frames_over_3mm']} / {m['headset_shown_tracking_over_3mm']} | {m['goals']['no_tracking_frame_over_3mm']} |",
+        f"| depth frames sent by the headset / registered by the server >= 40 /s | {_num(m['headset_sent_fps'], '/s')} / {m['registered_fps']:.1f} /s | {m['goals']['depth_fps_sent_and_registered>=40']} |",
         "",
         "## Run",
         "",
         f"- duration {m['duration_s']:.1f} s; frames sent by the headset {m['headset_frames_sent']}, registered "
         f"{m['frames_registered']} ({m['fps']:.1f} /s), skipped as stale {m['frames_skipped']}",
+        f"- depth rate: the headset sent {_num(m['headset_sent_fps'], 'frames/s')} (paced at "
+        f"{_num(m['headset_rate_hz'], 'Hz')}, {m['headset_slots_skipped']} slot(s) missed); the server registered "
+        f"{m['registered_fps']:.1f} frames/s, {m['tracking_fps']:.1f} /s of them tracking (over their capture times)",
         f"- acquisition (first frame to first tracking frame): {_num(m['acquisition_s'], 's')}; tracking share over "
         f"the whole run {100 * m['tracking_share_all']:.1f} %",
         f"- TRE at the deep target over tracking frames: p50 {m['tre_tracking_p50_mm']:.3f} mm, "

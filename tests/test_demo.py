@@ -76,4 +76,5 @@ def test_report_has_its_page_plots_and_snapshots(demo_run: tuple[subprocess.Comp
     assert "SYNTHETIC" in page
     assert f"report: {report / 'report.md'}" in done.stdout.replace("\n", "")
     assert "mentor page: http" in done.stdout or "mentor token" in done.stdout
+    assert "observer page: http" in done.stdout or "observer token" in done.stdout  # one link per role
     assert "t=" in done.stdout  # no terminal: plain periodic lines instead of the live view
