@@ -238,6 +238,7 @@ class Live:
     published: Published
     page: Any
     phantom: Phantom
+    pump: FramePump  # its scene may be swapped to move the headset
 
 
 @pytest.fixture(scope="module")
@@ -250,12 +251,12 @@ def live(phantom: Phantom, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     served.room.model_glb = phantom.glb
     SHOTS.mkdir(parents=True, exist_ok=True)
     try:
-        with FramePump(served.room, scene), chromium_page(("--enable-unsafe-swiftshader",)) as page:
+        with FramePump(served.room, scene) as pump, chromium_page(("--enable-unsafe-swiftshader",)) as page:
             page.set_viewport_size({"width": 1280, "height": 720})
             page.goto(served.server.url_for(SESSION, served.token("mentor", "dr-m")))
             page.wait_for_function("window.mentor3d && (mentor3d.loaded || mentor3d.error)", timeout=20_000)
             page.wait_for_function("mentor.phase === 'live' || mentor.conn === 'connected'")
-            yield Live(served, published, page, phantom)
+            yield Live(served, published, page, phantom, pump)
     finally:
         stop(served)
 
@@ -368,6 +369,62 @@ def test_a_mark_behind_the_anatomy_is_drawn_dimmed_on_the_video(live: Live) -> N
     alpha, alpha_face = (page.evaluate(MAX_ALPHA_NEAR_MARK, i) for i in (back.id, face["id"]))
     assert alpha_face == 255 and alpha < 200, (alpha_face, alpha)
     page.screenshot(path=str(SHOTS / "mentor-occluded-mark.png"))
+
+
+# Resolves once the page has painted twice more: a change the view took in is drawn by then.
+AFTER_A_PAINT = "() => new Promise((done) => requestAnimationFrame(() => requestAnimationFrame(done)))"
+
+
+@pytest.mark.browser
+def test_a_moving_headset_and_new_marks_link_no_new_shader_programs(live: Live) -> None:
+    """Each shader program three.js links stalls the page (50-300 ms in software graphics). The
+    view keeps its materials: a pose change moves the frustum in place and new marks of one
+    colour share one material, so neither links a program (at most one for the new colour)."""
+    page = live.page
+    page.wait_for_function("mentor3d.frustum !== null && mentor3d.renders > 0")
+    page.evaluate(AFTER_A_PAINT)
+    links, programs, renders = page.evaluate("[mentor3d.links, mentor3d.programs, mentor3d.renders]")
+    assert links >= programs >= 3, (links, programs)  # the model, the marks, the frustum (at least)
+    still = live.pump.scene
+    try:
+        for i in range(1, 21):  # the headset walks to its left and up, pose after pose
+            eye = FRONT_EYE_MM + np.array([4.0 * i, 0.0, 2.0 * i])
+            live.pump.scene = live.phantom.scene(eye, np.zeros(3))
+            page.wait_for_function(
+                f"mentor3d.frustum && Math.abs(mentor3d.frustum.centre_mm[0] - {eye[0]}) < 0.5"
+                f" && Math.abs(mentor3d.frustum.centre_mm[2] - {eye[2]}) < 0.5"
+            )
+    finally:
+        live.pump.scene = still
+    page.evaluate(AFTER_A_PAINT)
+    assert page.evaluate("mentor3d.renders") > renders
+    assert page.evaluate("[mentor3d.links, mentor3d.programs]") == [links, programs]
+    ids: list[str] = []
+    for i in range(5):
+        aim = np.array([-40.0 + 20.0 * i, 0.0, -10.0])
+        at = live.phantom.surface_hit(FRONT_EYE_MM + aim, aim)
+        msg = parse_message(
+            json.dumps(
+                {
+                    "type": "annotate",
+                    "cid": f"prog-{i}",
+                    "kind": "point",
+                    "point_model_mm": at.tolist(),
+                    "color": "#3366ff",
+                }
+            )
+        )
+        ack = live.served.server.call(live.served.room.annotate, _claims(name="dr-prog"), msg)
+        assert ack.ok and ack.anchored, ack
+        ids.append(ack.id)
+        live.served.server.call(live.served.server.hubs[SESSION].push_marks)
+        page.wait_for_function(f"mentor3d.marks['{ack.id}'] !== undefined")
+        shown = np.asarray(page.evaluate(f"mentor3d.marks['{ack.id}'][0]"))
+        assert np.linalg.norm(shown - np.asarray(ack.point_model_mm)) < 0.01, (shown, ack.point_model_mm)
+    assert page.evaluate(f"{json.dumps(ids)}.every((id) => id in mentor3d.marks)")
+    page.evaluate(AFTER_A_PAINT)
+    after_links, after_programs = page.evaluate("[mentor3d.links, mentor3d.programs]")
+    assert after_links - links <= 1 and after_programs - programs <= 1, (links, after_links, programs, after_programs)
 
 
 @pytest.mark.browser

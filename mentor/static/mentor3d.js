@@ -15,14 +15,27 @@ import {
 } from "/static/vendor/three/three.min.js";
 import { GLTFLoader, OrbitControls } from "/static/vendor/three/three.min.js";
 
+// Every shader program three.js links stalls the page for 50-300 ms in software graphics
+// (SwiftShader), and it links one whenever the last material using it is disposed and a new
+// one made. So the view makes its materials and geometries once (one material per mark
+// colour, one sphere for every mark) and moves, scales and recolours them in place; it
+// disposes them only when it is torn down.
 const MARK_RADIUS_M = 0.004;
 const CLICK_SLOP_PX = 5; // a press that moved further is an orbit drag, not a click
 const STATUS_COLOURS = { tracking: 0x44dd66, degraded: 0xffcc33, lost: 0xff5555 };
+const DEFAULT_COLOUR = "#ffcc00";
+const MAX_MATERIALS = 64; // mark colours kept; past it, those no mark shows are let go
+const FRUSTUM_POINTS = 18; // 4 edges to the apex, the 4-edge rim, the optical axis: 9 segments
+// The model's fetch, parse and first drawing wait for the first video frame (the video comes
+// first: they hold the main thread for hundreds of ms), or this long without one.
+const FIRST_FRAME_WAIT_MS = 3000;
 
 const view = { // read by tests and by people debugging a session
   loaded: false, error: null, triangles: 0, meshes: 0, renders: 0, sent: [],
   marks: {}, // mark id -> model points (LPS mm) of its spheres, read back from three.js objects
   frustum: null, // {centre_mm, corners_mm} of the headset camera, or null without a pose
+  programs: 0, // shader programs three.js holds now (renderer.info.programs)
+  links: 0, // shader programs linked since the view started (each one a stall; see above)
 };
 window.mentor3d = view;
 
@@ -67,6 +80,15 @@ function say(ui, text, cls) {
   ui.status.className = cls || "";
 }
 
+function waitForVideo(state) {
+  return new Promise((resolve) => {
+    const until = performance.now() + FIRST_FRAME_WAIT_MS;
+    const done = () => state.frames > 0 || state.quality === "none" || performance.now() >= until; // "none": no video asked for
+    const tick = () => (done() ? resolve() : setTimeout(tick, 50));
+    tick();
+  });
+}
+
 async function fetchModel() {
   const state = window.mentor;
   const r = await state.fetch("model.glb", { signal: AbortSignal.timeout(30000) });
@@ -82,8 +104,14 @@ function parseGlb(buffer) {
 }
 
 // -- the scene --------------------------------------------------------------------------
+function countLinks(gl) { // cheap: a program link is rare once the view is up
+  const link = gl.linkProgram.bind(gl);
+  gl.linkProgram = (program) => { view.links += 1; link(program); };
+}
+
 function makeScene(ui) {
-  const renderer = new WebGLRenderer({ canvas: ui.canvas, antialias: true });
+  const renderer = new WebGLRenderer({ canvas: ui.canvas, antialias: true }); // throws without WebGL
+  countLinks(renderer.getContext());
   renderer.setPixelRatio(Math.min(window.devicePixelRatio || 1, 2));
   const scene = new Scene();
   scene.background = new Color(0x1a1a1a);
@@ -96,7 +124,15 @@ function makeScene(ui) {
   const marks = new Group();
   const frustum = new Group();
   scene.add(marks, frustum);
-  return { renderer, scene, camera, controls, marks, frustum, model: null, box: null, dirty: true };
+  const s = {
+    renderer, scene, camera, controls, marks, frustum, model: null, box: null, dirty: true,
+    ball: new SphereGeometry(1, 16, 12), // every mark and the headset's eye, scaled
+    materials: new Map(), // mark colour -> its material
+    shown: new Map(), // mark id -> {balls, label, key, labelKey}
+    spare: [], // label sprites of marks gone, reused for the next labels
+  };
+  makeFrustum(s);
+  return s;
 }
 
 function addModel(s, gltf) {
@@ -147,42 +183,104 @@ function resize(s, ui) {
 
 // -- marks ------------------------------------------------------------------------------
 function marksKey(items) {
-  return JSON.stringify((items || []).filter((m) => m.anchored && m.points_mm).map((m) => [m.id, m.color, m.points_mm]));
+  return JSON.stringify((items || []).filter((m) => m.anchored && m.points_mm).map((m) => [m.id, m.kind, m.color, m.text, m.points_mm]));
 }
 
-function buildMarks(s, items) {
-  for (const child of [...s.marks.children]) {
-    if (child.material.map) child.material.map.dispose();
-    child.geometry.dispose(); child.material.dispose();
+function markMaterial(s, colour) {
+  let material = s.materials.get(colour);
+  if (!material) {
+    // Marks stay visible through the skin: the mentor must see one placed on the far side.
+    material = new MeshBasicMaterial({ color: new Color(colour), depthTest: false, transparent: true, opacity: 0.95 });
+    s.materials.set(colour, material);
   }
-  s.marks.clear();
-  view.marks = {};
-  const size = s.box ? s.box.getSize(new Vector3()).length() : 0.3;
+  return material;
+}
+
+// The page's marks, shown: a mark that did not change is left as it is; one that did is moved
+// and recoloured in place; one gone gives its label sprite to the next label.
+function showMarks(s, items) {
+  const size = s.box.getSize(new Vector3()).length();
   const radius = Math.max(MARK_RADIUS_M, size / 150);
+  const live = new Set();
+  view.marks = {};
   for (const m of items || []) {
     if (!m.anchored || !m.points_mm || !m.points_mm.length) continue;
-    const colour = new Color(m.color || "#ffcc00");
-    // Marks stay visible through the skin: the mentor must see one placed on the far side.
-    const material = new MeshBasicMaterial({ color: colour, depthTest: false, transparent: true, opacity: 0.95 });
-    const points = m.kind === "stroke" ? m.points_mm : m.points_mm.slice(0, 1);
-    const placed = [];
-    for (const p of points) {
-      const ball = new Mesh(new SphereGeometry(m.kind === "stroke" ? radius * 0.6 : radius, 16, 12), material.clone());
-      ball.position.copy(lpsToGltf(p));
-      ball.renderOrder = 2;
-      ball.userData.markId = m.id;
-      s.marks.add(ball);
-      placed.push(ball);
-    }
-    material.dispose();
-    if (m.text) s.marks.add(label(m.text, m.color, placed[0].position, size));
-    view.marks[m.id] = placed.map((b) => gltfToLps(b.getWorldPosition(new Vector3())));
+    live.add(m.id);
+    let e = s.shown.get(m.id);
+    if (!e) { e = { balls: [], label: null, key: "", labelKey: "" }; s.shown.set(m.id, e); }
+    const key = JSON.stringify([m.kind, m.color, m.text, m.points_mm]);
+    if (key !== e.key) { e.key = key; placeMark3d(s, e, m, radius, size); }
+    view.marks[m.id] = e.balls.map((b) => gltfToLps(b.getWorldPosition(new Vector3())));
   }
+  for (const [id, e] of s.shown) {
+    if (live.has(id)) continue;
+    for (const b of e.balls) s.marks.remove(b);
+    setLabel(s, e, "", "", null, size);
+    s.shown.delete(id);
+  }
+  if (s.materials.size > MAX_MATERIALS) pruneMaterials(s);
   s.dirty = true;
 }
 
+function placeMark3d(s, e, m, radius, size) {
+  const colour = m.color || DEFAULT_COLOUR;
+  const material = markMaterial(s, colour);
+  const points = m.kind === "stroke" ? m.points_mm : m.points_mm.slice(0, 1);
+  while (e.balls.length > points.length) s.marks.remove(e.balls.pop());
+  while (e.balls.length < points.length) {
+    const ball = new Mesh(s.ball, material);
+    ball.renderOrder = 2;
+    ball.userData.markId = m.id;
+    s.marks.add(ball);
+    e.balls.push(ball);
+  }
+  e.balls.forEach((ball, i) => {
+    ball.material = material;
+    ball.scale.setScalar(m.kind === "stroke" ? radius * 0.6 : radius);
+    ball.position.copy(lpsToGltf(points[i]));
+  });
+  setLabel(s, e, m.text || "", colour, e.balls[0].position, size);
+}
+
+// Materials of colours no mark shows now: disposed (their program stays: the marks in use share it).
+function pruneMaterials(s) {
+  const used = new Set();
+  for (const e of s.shown.values()) for (const b of e.balls) used.add(b.material);
+  for (const [colour, material] of s.materials) {
+    if (!used.has(material)) { material.dispose(); s.materials.delete(colour); }
+  }
+}
+
 // A mark's text beside it: white on dark with the mark's colour as its edge, as on the video.
-function label(text, colour, at, size) {
+// The sprite (and its material) is kept; only its texture is drawn again when the text changes.
+function setLabel(s, e, text, colour, at, size) {
+  if (!text) {
+    if (e.label) { s.marks.remove(e.label); s.spare.push(e.label); e.label = null; e.labelKey = ""; }
+    return;
+  }
+  const texture = e.labelKey === `${colour}\n${text}` ? null : labelTexture(text, colour);
+  if (!e.label) {
+    e.label = s.spare.pop() || newLabel(texture);
+    s.marks.add(e.label);
+  }
+  if (texture) {
+    const old = e.label.material.map;
+    if (old !== texture) { e.label.material.map = texture; old.dispose(); }
+    const img = texture.image, h = size / 22;
+    e.label.scale.set((h * img.width) / img.height, h, 1);
+    e.labelKey = `${colour}\n${text}`;
+  }
+  e.label.position.copy(at);
+}
+
+function newLabel(texture) {
+  const sprite = new Sprite(new SpriteMaterial({ map: texture, depthTest: false, transparent: true }));
+  sprite.center.set(-0.08, -0.3); // up and to the right of the mark
+  sprite.renderOrder = 3;
+  return sprite;
+}
+
+function labelTexture(text, colour) {
   const c = document.createElement("canvas");
   const g = c.getContext("2d");
   const font = "600 28px system-ui, sans-serif";
@@ -193,13 +291,7 @@ function label(text, colour, at, size) {
   g.fillStyle = "rgba(0, 0, 0, 0.75)"; g.fillRect(0, 0, c.width, c.height);
   g.strokeStyle = colour; g.lineWidth = 4; g.strokeRect(2, 2, c.width - 4, c.height - 4);
   g.fillStyle = "#fff"; g.textBaseline = "middle"; g.fillText(text, 10, c.height / 2 + 1);
-  const sprite = new Sprite(new SpriteMaterial({ map: new CanvasTexture(c), depthTest: false, transparent: true }));
-  const h = size / 22;
-  sprite.scale.set((h * c.width) / c.height, h, 1);
-  sprite.center.set(-0.08, -0.3); // up and to the right of the mark
-  sprite.position.copy(at);
-  sprite.renderOrder = 3;
-  return sprite;
+  return new CanvasTexture(c);
 }
 
 // -- the headset's viewpoint: P_image_model = K [R | t] maps model mm to pixels ---------------
@@ -226,11 +318,24 @@ function frustumOf(P, cam, depthMm) {
   return { centre_mm: centre, corners_mm: corners };
 }
 
-function buildFrustum(s, P, tracking) {
-  for (const child of [...s.frustum.children]) { child.geometry.dispose(); child.material.dispose(); }
-  s.frustum.clear();
+// Made once, hidden until there is a pose: a new pose moves its points, a new status recolours it.
+function makeFrustum(s) {
+  const lines = new LineSegments(
+    new BufferGeometry().setFromPoints(Array.from({ length: FRUSTUM_POINTS }, () => new Vector3())),
+    new LineBasicMaterial({ color: STATUS_COLOURS.lost }),
+  );
+  lines.frustumCulled = false; // its bounding sphere is not recomputed as it moves
+  const eye = new Mesh(s.ball, new MeshBasicMaterial({ color: STATUS_COLOURS.lost }));
+  s.frustum.add(lines, eye);
+  s.frustum.visible = false;
+  Object.assign(s, { lines, eye });
+}
+
+function showFrustum(s, P, tracking) {
   view.frustum = null;
-  if (!P || !s.box) { s.dirty = true; return; }
+  s.frustum.visible = false;
+  s.dirty = true;
+  if (!P || !s.box) return;
   const cam = (window.mentor && window.mentor.camera) || { width: 640, height: 480 };
   const centreM = s.box.getCenter(new Vector3());
   // A small pyramid at the headset camera (its field of view drawn to the anatomy would fill
@@ -246,13 +351,15 @@ function buildFrustum(s, P, tracking) {
   for (let i = 0; i < 4; i += 1) segs.push(c, k[i], k[i], k[(i + 1) % 4]);
   const mid = (q) => q.reduce((a, b) => a.add(b), new Vector3()).multiplyScalar(0.25);
   segs.push(mid(k), mid(axis.corners_mm.map(lpsToGltf)));
-  const g = new BufferGeometry().setFromPoints(segs);
+  const position = s.lines.geometry.getAttribute("position");
+  segs.forEach((v, i) => position.setXYZ(i, v.x, v.y, v.z));
+  position.needsUpdate = true;
   const colour = STATUS_COLOURS[tracking] ?? STATUS_COLOURS.lost;
-  s.frustum.add(new LineSegments(g, new LineBasicMaterial({ color: colour })));
-  const eye = new Mesh(new SphereGeometry(s.box.getSize(new Vector3()).length() / 80, 12, 8), new MeshBasicMaterial({ color: colour }));
-  eye.position.copy(c);
-  s.frustum.add(eye);
-  s.dirty = true;
+  s.lines.material.color.setHex(colour);
+  s.eye.material.color.setHex(colour);
+  s.eye.position.copy(c);
+  s.eye.scale.setScalar(s.box.getSize(new Vector3()).length() / 80);
+  s.frustum.visible = true;
 }
 
 // -- clicks on the model -> marks ------------------------------------------------------------
@@ -293,11 +400,6 @@ function screenOf(s, ui, pointMm) {
 }
 
 // -- start ------------------------------------------------------------------------------
-function hasWebGL() {
-  const c = document.createElement("canvas");
-  return Boolean(c.getContext("webgl2") || c.getContext("webgl"));
-}
-
 function waitForJoin(ui) { // the model is fetched with the page's token once the config call said who we are
   return new Promise((resolve) => {
     const tick = () => {
@@ -310,32 +412,39 @@ function waitForJoin(ui) { // the model is fetched with the page's token once th
   });
 }
 
-async function start() {
-  const ui = panel();
-  if (!hasWebGL()) { view.error = "no WebGL"; say(ui, "3D view unavailable: this browser has no WebGL.", "bad"); return; }
-  await waitForJoin(ui);
-  const s = makeScene(ui);
+// The scene with the model in it, or null (said on the panel). The WebGL context too is made
+// only after the first video frame: in software graphics it takes the main thread as well.
+async function load(ui) {
+  await waitForVideo(await waitForJoin(ui));
+  let s;
+  try { s = makeScene(ui); } catch (e) {
+    view.error = "no WebGL";
+    say(ui, "3D view unavailable: this browser has no WebGL.", "bad");
+    return null;
+  }
   try {
     const gltf = await parseGlb(await fetchModel());
     Object.assign(view, addModel(s, gltf));
   } catch (e) {
     view.error = String(e.message || e);
     say(ui, `3D view: the model could not be loaded (${view.error}).`, "bad");
-    return;
+    return null;
   }
   home(s);
   resize(s, ui);
-  view.loaded = true;
-  view.screenOf = (p) => screenOf(s, ui, p);
-  view.pick = (x, y) => pick(s, ui, x, y);
-  // Drawn only when something changed (a drag, new marks, a new pose), not at the display's
-  // rate: an idle 3D view costs the mentor's machine next to nothing.
-  let queued = false;
-  const paint = () => {
-    queued = false;
-    if (s.dirty) { s.dirty = false; s.renderer.render(s.scene, s.camera); view.renders += 1; }
-  };
-  const schedule = () => { if (!queued) { queued = true; requestAnimationFrame(paint); } };
+  // The marks' and the frustum's programs are linked now, with the model's, not at the
+  // mentor's first mark or the headset's first pose.
+  const probe = new Mesh(s.ball, markMaterial(s, DEFAULT_COLOUR));
+  s.marks.add(probe);
+  s.frustum.visible = true;
+  s.renderer.compile(s.scene, s.camera);
+  s.frustum.visible = false;
+  s.marks.remove(probe);
+  view.programs = s.renderer.info.programs.length;
+  return s;
+}
+
+function listen(s, ui, schedule) { // the mentor's drags, clicks and buttons
   s.controls.addEventListener("change", () => { s.dirty = true; schedule(); });
   s.controls.addEventListener("start", () => { s.moved = true; }); // the mentor's own view: kept
   ui.reset.addEventListener("click", () => { home(s); schedule(); });
@@ -353,22 +462,24 @@ async function start() {
     const why = p ? placeMark(p) : "No anatomy there: click on the model.";
     if (why) say(ui, why, "fair");
   });
+}
 
-  let seen = { marks: null, P: undefined, tracking: null, key: "" };
-  function sync() { // the page's marks, pose and tracking, read 10 times a second
+function follower(s, ui, schedule) { // the page's marks, pose and tracking, read 10 times a second
+  const seen = { marks: null, P: undefined, tracking: null, key: "" };
+  return () => {
     const state = window.mentor;
     resize(s, ui);
     let told = false;
     if (state.marks !== seen.marks) {
       seen.marks = state.marks;
       const key = marksKey(state.marks);
-      if (key !== seen.key) { seen.key = key; buildMarks(s, state.marks); told = true; }
+      if (key !== seen.key) { seen.key = key; showMarks(s, state.marks); told = true; }
     }
     const tracking = Date.now() - (state.statusAt || 0) > 1500 ? "lost" : state.tracking;
     if (state.projection !== seen.P || tracking !== seen.tracking) {
       seen.P = state.projection; seen.tracking = tracking;
       const first = !view.frustum;
-      buildFrustum(s, state.projection, tracking);
+      showFrustum(s, state.projection, tracking);
       if (first && view.frustum && !s.moved) home(s); // fit the headset in too, once
       view.tracking = tracking;
       told = true;
@@ -379,9 +490,46 @@ async function start() {
         tracking === "tracking" ? "good" : tracking === "degraded" ? "fair" : "bad");
     }
     if (s.dirty) schedule();
-  }
+  };
+}
+
+// The view torn down (the page left): everything it gave the GPU, once.
+function dispose(s) {
+  const labels = [...s.spare];
+  for (const e of s.shown.values()) if (e.label) labels.push(e.label);
+  for (const l of labels) { l.material.map.dispose(); l.material.dispose(); }
+  for (const m of s.materials.values()) m.dispose();
+  s.model.traverse((o) => { if (o.isMesh) { o.geometry.dispose(); o.material.dispose(); } });
+  s.lines.geometry.dispose(); s.lines.material.dispose(); s.eye.material.dispose(); s.ball.dispose();
+  s.controls.dispose();
+  s.renderer.dispose();
+}
+
+async function start() {
+  const ui = panel();
+  const s = await load(ui);
+  if (!s) return;
+  view.loaded = true;
+  view.screenOf = (p) => screenOf(s, ui, p);
+  view.pick = (x, y) => pick(s, ui, x, y);
+  // Drawn only when something changed (a drag, new marks, a new pose), not at the display's
+  // rate: an idle 3D view costs the mentor's machine next to nothing.
+  let queued = false, timer = null;
+  const paint = () => {
+    queued = false;
+    if (!s.dirty || !timer) return;
+    s.dirty = false;
+    s.renderer.render(s.scene, s.camera);
+    view.renders += 1;
+    view.programs = s.renderer.info.programs.length;
+  };
+  const schedule = () => { if (!queued) { queued = true; requestAnimationFrame(paint); } };
+  listen(s, ui, schedule);
+  const sync = follower(s, ui, schedule);
   sync();
-  setInterval(sync, 100);
+  timer = setInterval(sync, 100);
+  view.dispose = () => { if (timer) { clearInterval(timer); timer = null; dispose(s); } };
+  window.addEventListener("pagehide", (ev) => { if (!ev.persisted) view.dispose(); });
 }
 
 start();
