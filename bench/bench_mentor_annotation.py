@@ -4,9 +4,11 @@ Processes as deployed: the service (BridgeServer with CURVE + MentorServer, a sp
 with 30 fps video and poses) in a child process; the mentor page in headless Chromium; one
 reference HeadsetClient (polled continuously by its own thread) in this process. Each
 sample is one click at a random point on the sphere's image; the clock starts at the
-page's ``pointerdown`` event (``performance.timeOrigin + event.timeStamp``, wall clock)
-and stops when the headset client's ``on_annotation`` fires (``time.time()``, same
-machine clock). The path: page -> data channel (SCTP/DTLS, aiortc) -> server (frame
+page's ``pointerdown`` event (``Date.now() - (performance.now() - event.timeStamp)``: the
+wall clock read now, less the event's age; ``performance.timeOrigin + timeStamp`` would
+carry the wall clock of the page's start, and this machine's wall clock was seen running
+5 ms/s ahead of its steady clock) and stops when the headset client's ``on_annotation``
+fires (``time.time()``, the same wall clock read at that moment). The path: page -> data channel (SCTP/DTLS, aiortc) -> server (frame
 lookup, ray cast) -> annotation log (SQLite, fsync'd, as sessions persist it) -> bridge
 PUB -> headset; the audit write (SQLite, synchronous=FULL) follows the publish. The same clicks are measured with the video off (annotation-only
 mode) in the same run, to show what the video pipeline costs the data channel.
@@ -51,7 +53,7 @@ GOAL_P95_MS = 15.0
 def _arm(page: Any) -> None:
     page.evaluate(
         "() => { window.__downs = []; document.getElementById('overlay').addEventListener('pointerdown',"
-        " (ev) => window.__downs.push(performance.timeOrigin + ev.timeStamp), {capture: true}); }"
+        " (ev) => window.__downs.push(Date.now() - (performance.now() - ev.timeStamp)), {capture: true}); }"
     )
 
 

@@ -514,18 +514,27 @@ async function start() {
   view.pick = (x, y) => pick(s, ui, x, y);
   // Drawn only when something changed (a drag, new marks, a new pose), not at the display's
   // rate: an idle 3D view costs the mentor's machine next to nothing.
-  let queued = false, timer = null;
+  // A moving headset redraws at most every LAZY_MS: without a GPU (software WebGL) a draw
+  // holds the page's main thread for milliseconds, and clicks on the video wait behind it;
+  // a drag of the view itself is drawn at once.
+  const LAZY_MS = 250;
+  let queued = false, timer = null, last = 0, later = null;
   const paint = () => {
     queued = false;
     if (!s.dirty || !timer) return;
     s.dirty = false;
+    last = performance.now();
     s.renderer.render(s.scene, s.camera);
     view.renders += 1;
     view.programs = s.renderer.info.programs.length;
   };
   const schedule = () => { if (!queued) { queued = true; requestAnimationFrame(paint); } };
+  const lazy = () => {
+    if (later) return;
+    later = setTimeout(() => { later = null; schedule(); }, Math.max(0, last + LAZY_MS - performance.now()));
+  };
   listen(s, ui, schedule);
-  const sync = follower(s, ui, schedule);
+  const sync = follower(s, ui, lazy);
   sync();
   timer = setInterval(sync, 100);
   view.dispose = () => { if (timer) { clearInterval(timer); timer = null; dispose(s); } };
