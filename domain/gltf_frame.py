@@ -14,6 +14,9 @@ triangle winding and outward normals are kept). Headset clients undo it with ``T
 
 from __future__ import annotations
 
+import json
+import struct
+
 import numpy as np
 import numpy.typing as npt
 
@@ -36,3 +39,18 @@ def gltf_m_to_lps_mm(points_m: npt.ArrayLike) -> npt.NDArray[np.float64]:
     p = np.asarray(points_m, dtype=np.float64)
     out: npt.NDArray[np.float64] = p @ T_LPS_GLTF[:3, :3].T
     return out
+
+
+# glTF 2.0 enumerations used by the writers (accessor component types, buffer view targets).
+FLOAT, UINT32 = 5126, 5125
+ARRAY_BUFFER, ELEMENT_ARRAY_BUFFER = 34962, 34963
+
+
+def pack_glb(document: dict[str, object], blob: bytes) -> bytes:
+    """The GLB container: 12-byte header, the JSON chunk (space-padded to 4 bytes), the
+    binary chunk (zero-padded to 4 bytes)."""
+    text = json.dumps(document, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 4)
+    blob = bytes(blob) + b"\0" * (-len(blob) % 4)
+    header = struct.pack("<4sII", b"glTF", 2, 12 + 8 + len(text) + 8 + len(blob))
+    return header + struct.pack("<I4s", len(text), b"JSON") + text + struct.pack("<I4s", len(blob), b"BIN\x00") + blob

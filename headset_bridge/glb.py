@@ -17,6 +17,7 @@ import numpy.typing as npt
 # glTF metres (x_g, y_g, z_g) = (x, z, -y) / 1000 for LPS mm (x, y, z); see the protocol doc.
 from domain.gltf_frame import T_GLTF_LPS as T_GLTF_LPS
 from domain.gltf_frame import T_LPS_GLTF as T_LPS_GLTF
+from domain.gltf_frame import pack_glb
 
 _MAGIC, _JSON, _BIN, _FLOAT = 0x46546C67, 0x4E4F534A, 0x004E4942, 5126
 
@@ -100,14 +101,4 @@ def pack_points_glb(points_lps_mm: npt.ArrayLike) -> bytes:
         "scenes": [{"nodes": [0]}],
         "scene": 0,
     }
-    js = json.dumps(doc).encode()
-    js += b" " * (-len(js) % 4)
-    blob += b"\0" * (-len(blob) % 4)
-    total = 12 + 8 + len(js) + 8 + len(blob)
-    return (
-        struct.pack("<III", _MAGIC, 2, total)
-        + struct.pack("<II", len(js), _JSON)
-        + js
-        + struct.pack("<II", len(blob), _BIN)
-        + blob
-    )
+    return pack_glb(doc, blob)

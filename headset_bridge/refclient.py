@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
+from domain.atomic_file import atomic_write
 from headset_bridge.annotations import state_digest
 from headset_bridge.client import ClientConfig, HeadsetClient, ResumeState
 from headset_bridge.keys import load_keypair, load_public
@@ -28,10 +28,9 @@ def _load_resume(path: Path | None) -> ResumeState | None:
 
 
 def _save_resume(path: Path, state: ResumeState) -> None:
-    tmp = path.with_suffix(".tmp")
     data = {"epoch": state.epoch, "seq": state.seq, "annotations": [a.to_json() for a in state.annotations]}
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)  # atomic: a kill leaves the old or the new file, never half
+    with atomic_write(path) as f:  # a kill leaves the old or the new file, never half
+        f.write(json.dumps(data).encode())
 
 
 def main(argv: list[str] | None = None) -> int:

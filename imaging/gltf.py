@@ -4,14 +4,13 @@ by the one convention declared in domain/gltf_frame.py (``T_GLTF_LPS``), re-expo
 
 from __future__ import annotations
 
-import json
-import struct
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 
+from domain.gltf_frame import ARRAY_BUFFER, ELEMENT_ARRAY_BUFFER, FLOAT, UINT32, pack_glb
 from domain.gltf_frame import MM_PER_M as MM_PER_M
 from domain.gltf_frame import R_GLTF_LPS as R_GLTF_LPS
 from domain.gltf_frame import T_GLTF_LPS as T_GLTF_LPS
@@ -19,9 +18,6 @@ from domain.gltf_frame import T_LPS_GLTF as T_LPS_GLTF
 from domain.gltf_frame import gltf_m_to_lps_mm as gltf_m_to_lps_mm
 from domain.gltf_frame import lps_mm_to_gltf_m as lps_mm_to_gltf_m
 from imaging.mesh import Mesh
-
-_FLOAT, _UINT32 = 5126, 5125
-_ARRAY_BUFFER, _ELEMENT_ARRAY_BUFFER = 34962, 34963
 
 
 def write_glb(meshes: Sequence[Mesh], path: Path, *, scene_name: str, extras: dict[str, object] | None = None) -> None:
@@ -53,9 +49,9 @@ def write_glb(meshes: Sequence[Mesh], path: Path, *, scene_name: str, extras: di
     for mesh in meshes:
         positions = lps_mm_to_gltf_m(mesh.vertices).astype(np.float32)
         normals = (mesh.vertex_normals.astype(np.float64) @ R_GLTF_LPS.T).astype(np.float32)
-        pos = add(positions, _ARRAY_BUFFER, _FLOAT, "VEC3", minmax=True)
-        nrm = add(normals, _ARRAY_BUFFER, _FLOAT, "VEC3")
-        idx = add(mesh.triangles.astype(np.uint32).ravel(), _ELEMENT_ARRAY_BUFFER, _UINT32, "SCALAR")
+        pos = add(positions, ARRAY_BUFFER, FLOAT, "VEC3", minmax=True)
+        nrm = add(normals, ARRAY_BUFFER, FLOAT, "VEC3")
+        idx = add(mesh.triangles.astype(np.uint32).ravel(), ELEMENT_ARRAY_BUFFER, UINT32, "SCALAR")
         materials.append(_material(mesh))
         gl_meshes.append(
             {
@@ -98,12 +94,4 @@ def _material(mesh: Mesh) -> dict[str, object]:
 
 
 def _write_container(path: Path, document: dict[str, object], blob: bytes) -> None:
-    text = json.dumps(document, separators=(",", ":")).encode()
-    text += b" " * ((-len(text)) % 4)
-    total = 12 + 8 + len(text) + 8 + len(blob)
-    with path.open("wb") as handle:
-        handle.write(struct.pack("<4sII", b"glTF", 2, total))
-        handle.write(struct.pack("<I4s", len(text), b"JSON"))
-        handle.write(text)
-        handle.write(struct.pack("<I4s", len(blob), b"BIN\x00"))
-        handle.write(blob)
+    path.write_bytes(pack_glb(document, blob))

@@ -12,15 +12,13 @@ the mark is anchored exactly as a video click would be; further away it is refus
 
 from __future__ import annotations
 
-import json
 import logging
-import struct
 from typing import Final, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
-from domain.gltf_frame import lps_mm_to_gltf_m
+from domain.gltf_frame import ARRAY_BUFFER, ELEMENT_ARRAY_BUFFER, FLOAT, UINT32, lps_mm_to_gltf_m, pack_glb
 from mentor.anchoring import Anchor
 
 log = logging.getLogger(__name__)
@@ -28,7 +26,6 @@ log = logging.getLogger(__name__)
 F64 = npt.NDArray[np.float64]
 MAX_OFF_SURFACE_MM: Final = 5.0
 GLB_CONTENT_TYPE: Final = "model/gltf-binary"
-_FLOAT, _UINT32, _ARRAY_BUFFER, _ELEMENT_ARRAY_BUFFER = 5126, 5125, 34962, 34963
 
 
 # Served under /static/ (the CSP allows scripts from the server only): the 3D view, the
@@ -97,18 +94,14 @@ def mesh_glb(vertices_mm: npt.ArrayLike, triangles: npt.ArrayLike, name: str = "
         "meshes": [{"name": name, "primitives": [{"attributes": {"POSITION": 0}, "indices": 1, "material": 0}]}],
         "materials": [{"name": name, "pbrMetallicRoughness": {"baseColorFactor": [0.9, 0.78, 0.7, 1.0], "metallicFactor": 0.0}}],
         "accessors": [
-            {"bufferView": 0, "componentType": _FLOAT, "count": len(v), "type": "VEC3",
+            {"bufferView": 0, "componentType": FLOAT, "count": len(v), "type": "VEC3",
              "min": v.min(axis=0).tolist(), "max": v.max(axis=0).tolist()},
-            {"bufferView": 1, "componentType": _UINT32, "count": len(f), "type": "SCALAR"},
+            {"bufferView": 1, "componentType": UINT32, "count": len(f), "type": "SCALAR"},
         ],
         "bufferViews": [
-            {"buffer": 0, "byteOffset": 0, "byteLength": len(positions), "target": _ARRAY_BUFFER},
-            {"buffer": 0, "byteOffset": len(positions), "byteLength": len(indices), "target": _ELEMENT_ARRAY_BUFFER},
+            {"buffer": 0, "byteOffset": 0, "byteLength": len(positions), "target": ARRAY_BUFFER},
+            {"buffer": 0, "byteOffset": len(positions), "byteLength": len(indices), "target": ELEMENT_ARRAY_BUFFER},
         ],
         "buffers": [{"byteLength": len(positions) + len(indices)}],
     }  # fmt: skip
-    text = json.dumps(document, separators=(",", ":")).encode()
-    text += b" " * (-len(text) % 4)
-    blob = positions + indices
-    header = struct.pack("<4sII", b"glTF", 2, 12 + 8 + len(text) + 8 + len(blob))
-    return header + struct.pack("<I4s", len(text), b"JSON") + text + struct.pack("<I4s", len(blob), b"BIN\x00") + blob
+    return pack_glb(document, positions + indices)

@@ -22,7 +22,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field, replace
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -47,6 +47,9 @@ from mentor.signalling import Annotate, Erase, Restore
 from mentor.tokens import Claims
 
 log = logging.getLogger(__name__)
+
+K = TypeVar("K")
+V = TypeVar("V")
 
 MAX_STROKE_POINTS: Final = 64  # a stroke is resampled to this many anchored points at most
 MAX_REMEMBERED_ACKS: Final = 10_000
@@ -173,9 +176,7 @@ class MentorRoom:
             self._frames.append(t_capture_ns)
             self._latest_video_ns = t_capture_ns
             if camera is not None:
-                self._video_cameras[t_capture_ns] = camera
-                while len(self._video_cameras) > MAX_FRAMES_KEPT:
-                    self._video_cameras.popitem(last=False)
+                _put_bounded(self._video_cameras, t_capture_ns, camera, MAX_FRAMES_KEPT)
         listener = self.video_listener
         if listener is not None:
             listener(rgb, t_capture_ns)
@@ -279,9 +280,7 @@ class MentorRoom:
         if mark.anchored:
             self.publish_annotation("delete", req.id)  # raises: the mark stays, the page re-sends
         del self.marks[req.id]
-        self._erased[req.id] = (claims.nonce, mark)
-        while len(self._erased) > MAX_ERASED_KEPT:
-            self._erased.popitem(last=False)
+        _put_bounded(self._erased, req.id, (claims.nonce, mark), MAX_ERASED_KEPT)
         # Both names: a mentor erasing another's mark is on record as such.
         self._audit(claims.name, claims.role, "erase", id=req.id, author=mark.annotation.author)
         return self._remember(key, Ack(req.cid, True, id=req.id))
@@ -315,9 +314,7 @@ class MentorRoom:
         return None
 
     def _remember(self, key: tuple[str, str], ack: Ack) -> Ack:
-        self._acks[key] = ack
-        while len(self._acks) > MAX_REMEMBERED_ACKS:
-            self._acks.popitem(last=False)
+        _put_bounded(self._acks, key, ack, MAX_REMEMBERED_ACKS)
         return ack
 
     def _place(self, claims: Claims, req: Annotate, clock: FrameClock | None) -> Ack:
@@ -486,6 +483,14 @@ class MentorRoom:
         except Exception:  # an audit failure is logged loudly but must not drop the mark
             log.exception("audit append failed for %s", action)
             self.counters["audit_error"] = self.counters.get("audit_error", 0) + 1
+
+
+def _put_bounded(table: OrderedDict[K, V], key: K, value: V, limit: int) -> None:
+    """Insert, then drop the oldest entries beyond ``limit``: what a client can make the
+    room remember stays bounded."""
+    table[key] = value
+    while len(table) > limit:
+        table.popitem(last=False)
 
 
 def _duplicate(ack: Ack) -> Ack:

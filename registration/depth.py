@@ -102,5 +102,13 @@ def ray_to_z(frame: DepthFrame) -> DepthFrame:
     if depth.shape != (K.height, K.width):
         msg = f"depth shape must match intrinsics {(K.height, K.width)}, got {depth.shape}"
         raise ValueError(msg)
-    z = (depth.astype(np.float32) * np.float32(frame.depth_unit_mm)) * ray_cosines(K).astype(np.float32)
+    z = (depth.astype(np.float32) * np.float32(frame.depth_unit_mm)) * _ray_cosines32(K)
     return replace(frame, depth=z, depth_unit_mm=1.0)
+
+
+@lru_cache(maxsize=8)
+def _ray_cosines32(K: PinholeIntrinsics) -> NDArray[np.float32]:
+    """:func:`ray_cosines` in float32, made once per camera rather than once per frame."""
+    out = ray_cosines(K).astype(np.float32)
+    out.setflags(write=False)
+    return out

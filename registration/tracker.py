@@ -41,7 +41,7 @@ from registration.icp import covariance_about_origin, normalised_condition
 from registration.model import SurfaceModel
 from registration.motion import Persistence
 from registration.navigation import NavigationConfig, register_trace
-from registration.thinning import every_kth
+from registration.thinning import evenly_spaced, every_kth
 from registration.turns import TurnedRival, best_turned_rival
 
 log = logging.getLogger(__name__)
@@ -206,7 +206,7 @@ class Tracker:
         self._n_near = got.n_near
         if got.n_near < cfg.confidence.min_correspondences:
             return self._lost(t0, f"too few points near the model ({got.n_near})", ts)
-        fit = _spread(got.fit, cfg.max_points)
+        fit = evenly_spaced(got.fit, cfg.max_points)
         dense = fit_pose(
             self._surface,
             fit,
@@ -303,17 +303,6 @@ class Tracker:
         if ts is not None:
             self._last_ts = ts
         return lost((time.perf_counter() - t0) * 1e3, reason, self._T, ts)
-
-
-def _spread(points: F64, max_points: int) -> F64:
-    """At most ``max_points`` of ``points``, evenly spaced in their order (a depth image's
-    raster order spreads them over the view); unlike every k-th, it keeps the number
-    asked for (every 2nd of 6,100 would leave 3,050)."""
-    n = len(points)
-    if n <= max_points:
-        return points
-    out: F64 = points[(np.arange(max_points) * n) // max_points]
-    return out
 
 
 def _jump(T_pred: F64, T_new: F64, refs: F64) -> tuple[float, float]:

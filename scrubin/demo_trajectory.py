@@ -23,8 +23,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
-import tempfile
 import threading
 import time
 import zipfile
@@ -35,6 +33,8 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
+from domain.atomic_file import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -201,20 +201,10 @@ def save_loop(path: Path, loop: Loop, key: str, available: int | None = None) ->
     for i, first in enumerate(range(0, n, CHUNK_FRAMES)):
         last = min(first + CHUNK_FRAMES, n)
         arrays[f"depth-{i}"], arrays[f"video-{i}"] = loop.depth[first:last], loop.video[first:last]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".loop-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            with zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
-                for name, arr in arrays.items():
-                    with zf.open(f"{name}.npy", "w", force_zip64=True) as member:
-                        np.lib.format.write_array(member, arr, allow_pickle=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as f, zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+        for name, arr in arrays.items():
+            with zf.open(f"{name}.npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, arr, allow_pickle=False)
     for old in path.parent.glob("loop-*.npz"):  # other keys' loops: never read again
         if old != path:
             old.unlink(missing_ok=True)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
+from domain.atomic_file import atomic_write
 from scrubin.audit import AuditLog
 from scrubin.config import RegistrationSettings
 
@@ -95,12 +95,10 @@ class CalibrationStore:
         path = self.path(headset)
         if path is None:
             return
-        path.parent.mkdir(parents=True, exist_ok=True)
         data = {"schema": SCHEMA, "version": VERSION, "headset": headset, **calibration.to_dict(), **provenance}
         data["updated_utc"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
+        with atomic_write(path) as f:
+            f.write((json.dumps(data, indent=1) + "\n").encode("utf-8"))
 
 
 @dataclass

@@ -28,6 +28,7 @@ from mentor_fixtures import (
     Scene,
     Served,
     chromium_page,
+    click_video,
     look_at,
     rigid,
     serve,
@@ -267,15 +268,6 @@ def _glb_triangles(glb: bytes) -> int:
     return sum(doc["accessors"][p["indices"]]["count"] // 3 for m in doc["meshes"] for p in m["primitives"])
 
 
-def _video_click(page: Any, u: float, v: float) -> dict[str, Any]:
-    n = page.evaluate("mentor.acks.length")
-    pt = page.evaluate(f"mentor.screenPoint({u}, {v})")
-    page.mouse.click(pt["x"], pt["y"])
-    page.wait_for_function(f"mentor.acks.length > {n}")
-    ack: dict[str, Any] = page.evaluate("mentor.acks[mentor.acks.length - 1]")
-    return ack
-
-
 # The most opaque overlay pixel within 9 px of where a mark is drawn now (its ring; tags keep clear).
 MAX_ALPHA_NEAR_MARK = """(id) => {
   const d = mentor.drawn.find((x) => x.id === id), c = document.getElementById("overlay"), r = 9;
@@ -293,7 +285,7 @@ def test_the_3d_view_loads_the_model_and_shows_a_video_mark_at_its_model_point(l
     assert page.evaluate("mentor3d.loaded") is True
     assert page.evaluate("mentor3d.triangles") == _glb_triangles(live.phantom.glb) > 1000
     page.wait_for_function("mentor.frames > 2 && mentor.projection !== null")
-    ack = _video_click(page, CAMERA.cx + 40.0, CAMERA.cy + 30.0)  # the cheek, beside the nose
+    ack = click_video(page, CAMERA.cx + 40.0, CAMERA.cy + 30.0)  # the cheek, beside the nose
     assert ack["ok"] and ack["anchored"], ack
     page.wait_for_function(f"mentor3d.marks['{ack['id']}'] !== undefined")
     shown = np.asarray(page.evaluate(f"mentor3d.marks['{ack['id']}'][0]"))  # from the three.js object
@@ -353,7 +345,7 @@ def test_a_mark_placed_on_the_3d_model_is_published_anchored(live: Live) -> None
 def test_a_mark_behind_the_anatomy_is_drawn_dimmed_on_the_video(live: Live) -> None:
     page = live.page
     page.wait_for_function("mentor.frames > 2 && mentor.projection !== null")
-    face = _video_click(page, CAMERA.cx - 50.0, CAMERA.cy + 20.0)
+    face = click_video(page, CAMERA.cx - 50.0, CAMERA.cy + 20.0)
     back_point = live.phantom.surface_hit(BACK_EYE_MM, np.array([0.0, 0.0, 35.0]))
     msg = parse_message(
         json.dumps({"type": "annotate", "cid": "back-1", "kind": "point", "point_model_mm": back_point.tolist()})
